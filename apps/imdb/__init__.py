@@ -1,0 +1,1 @@
+"""IMDB sentiment (many-to-one); the whole app is in `model.py`."""

@@ -1,0 +1,193 @@
+"""IMDB sentiment, many-to-one: the raw text of a review in, the probability that it is positive out.
+
+The model reads a review word by word with Elman cells in both directions and pools their states:
+
+    review (string)
+      -> standardize_review: valid UTF-8, lower case, no HTML line breaks, no punctuation
+      -> TextVectorization: word ids, padded or cut to `sequence_length`   # (batch, time)
+      -> Embedding, masking the padding                                    # (batch, time, embedding_dim)
+      -> Bidirectional(RNN(ElmanCell)), every state s_t                    # (batch, time, 2 * hidden_units)
+      -> StatePooling: max and mean of s_t over the review's words         # (batch, 4 * hidden_units)
+      -> Dense(1, sigmoid): P(positive)                                    # (batch, 1)
+
+Text processing is part of the model, so the `.keras` file and the exported SavedModel take raw
+strings: empty reviews, megabyte-long ones, non-ASCII text and invalid UTF-8 bytes all give a
+probability. The app contract the shared core relies on: `NAME`, `Config`, `SMOKE`, `MONITOR`,
+`EXAMPLES`, `load_data`, `build_model`, `search_space`, `export_signatures`,
+`prediction_request` and `describe_prediction`.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from elman.datasets.imdb import load_imdb
+from elman.layers import ElmanCell, StatePooling
+
+NAME = "imdb"
+# The metric that checkpoints, early stopping and the tuner maximize.
+MONITOR = "val_accuracy"
+LABELS = ("negative", "positive")
+# What `elman demo` shows the exported model.
+EXAMPLES = (
+    "A moving, beautifully acted film. The best thing I have seen all year.",
+    "Dull, predictable and far too long. I want those two hours back.",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # Where the data is: empty means $ELMAN_DATA_DIR, and without it the shipped sample.
+    data_dir: str = ""
+    # Fraction of the official training reviews held out for validation (the test split is kept
+    # for the final figure only).
+    validation_fraction: float = 0.2
+    # Words kept in the vocabulary (the most frequent ones in the training reviews).
+    vocabulary_size: int = 30000
+    # Words read per review; longer reviews are cut, shorter ones padded and masked.
+    sequence_length: int = 400
+    embedding_dim: int = 64
+    # Size of the Elman state s_t in each direction.
+    hidden_units: int = 64
+    # f, the state activation of the cell.
+    activation: str = "tanh"
+    bidirectional: bool = True
+    # Dropout of whole embedding channels, and before the classifier.
+    embedding_dropout: float = 0.3
+    dropout: float = 0.5
+    learning_rate: float = 1e-3
+    # Gradient clipping by global norm (0 disables it): BPTT over 400 steps can explode.
+    clipnorm: float = 1.0
+    batch_size: int = 64
+    epochs: int = 4
+    # Epochs without improvement of MONITOR before early stopping.
+    patience: int = 1
+    seed: int = 0
+
+
+# A tiny preset for tests and the default run: seconds, not minutes.
+SMOKE = Config(vocabulary_size=2000, sequence_length=64, embedding_dim=16, hidden_units=8,
+               batch_size=32, epochs=2)
+
+
+def search_space(hp, config):
+    """The tuner's search space: returns `config` with the searched values set from `hp`."""
+    return dataclasses.replace(
+        config,
+        hidden_units=hp.Choice("hidden_units", [32, 64, 128]),
+        embedding_dim=hp.Choice("embedding_dim", [32, 64, 128]),
+        learning_rate=hp.Float("learning_rate", 3e-4, 3e-3, sampling="log"),
+        dropout=hp.Float("dropout", 0.2, 0.6, step=0.1),
+        clipnorm=hp.Choice("clipnorm", [0.5, 1.0, 5.0]),
+    )
+
+
+@dataclasses.dataclass
+class Data:
+    """The splits as `tf.data` datasets of `(review, label)` batches, and the vocabulary."""
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    test: tf.data.Dataset
+    vocabulary: list
+    source: str
+
+
+@keras.saving.register_keras_serializable(package="elman")
+def standardize_review(review):
+    """Standardizes a batch of raw reviews: `(batch,)` string -> `(batch,)` string."""
+    # Invalid UTF-8 bytes become U+FFFD instead of failing the string ops below.
+    review = tf.strings.unicode_transcode(review, "UTF-8", "UTF-8", errors="replace",
+                                          replacement_char=0xFFFD)
+    review = tf.strings.lower(review, encoding="utf-8")
+    review = tf.strings.regex_replace(review, r"<br\s*/?>", " ")
+    return tf.strings.regex_replace(review, r"[^\p{L}\p{N}']+", " ")
+
+
+def _vectorizer(config, vocabulary=None):
+    return keras.layers.TextVectorization(
+        max_tokens=config.vocabulary_size, standardize=standardize_review,
+        output_sequence_length=config.sequence_length, vocabulary=vocabulary, name="vectorize")
+
+
+def load_data(config):
+    """Reads IMDB, carves a seeded validation split out of train, and builds the vocabulary."""
+    splits = load_imdb(config.data_dir or None)
+    texts, labels = splits["train"]
+    order = np.random.default_rng(config.seed).permutation(len(texts))
+    validation_size = int(round(len(texts) * config.validation_fraction))
+    if not 0 < validation_size < len(texts):
+        raise ValueError("validation_fraction must leave reviews in both train and validation, "
+                         f"received validation_fraction={config.validation_fraction}")
+    train_index, validation_index = order[validation_size:], order[:validation_size]
+    train_texts = [texts[i] for i in train_index]
+
+    vectorizer = _vectorizer(config)
+    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(train_texts).batch(1024))
+
+    def dataset(texts, labels, shuffle):
+        data = tf.data.Dataset.from_tensor_slices((tf.constant(texts, tf.string),
+                                                   labels.astype("float32")))
+        if shuffle:
+            data = data.shuffle(len(texts), seed=config.seed, reshuffle_each_iteration=True)
+        return data.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    return Data(
+        train=dataset(train_texts, labels[train_index], shuffle=True),
+        validation=dataset([texts[i] for i in validation_index], labels[validation_index], False),
+        test=dataset(splits["test"][0], splits["test"][1], shuffle=False),
+        vocabulary=vectorizer.get_vocabulary(),
+        source=splits["source"],
+    )
+
+
+def build_model(config, data):
+    """Builds and compiles the classifier. Input `review` `(batch,)` string; output `(batch, 1)`."""
+    review = keras.Input(shape=(), dtype="string", name="review")
+    word_ids = _vectorizer(config, data.vocabulary)(review)  # (batch, time)
+    embedded = keras.layers.Embedding(len(data.vocabulary), config.embedding_dim,
+                                      mask_zero=True, name="embed")(word_ids)
+    embedded = keras.layers.SpatialDropout1D(config.embedding_dropout)(embedded)
+    recurrent = keras.layers.RNN(ElmanCell(config.hidden_units, activation=config.activation),
+                                 return_sequences=True, name="elman")
+    if config.bidirectional:
+        recurrent = keras.layers.Bidirectional(recurrent, name="bidirectional_elman")
+    states = recurrent(embedded)  # (batch, time, directions * hidden_units)
+    pooled = StatePooling(name="pool")(states)
+    pooled = keras.layers.Dropout(config.dropout)(pooled)
+    probability = keras.layers.Dense(1, activation="sigmoid", name="probability")(pooled)
+    model = keras.Model(review, probability, name="imdb_elman")
+    optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
+    model.compile(optimizer, loss="binary_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def export_signatures(model):
+    """Serving signatures: `review` string `[batch]` -> `probability` float, `label` string."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="review")])
+    def serving_default(review):
+        probability = tf.reshape(model(review, training=False), [-1])  # (batch,)
+        label = tf.where(probability >= 0.5, tf.constant(LABELS[1]), tf.constant(LABELS[0]))
+        return {"probability": probability, "label": label}
+
+    return {"serving_default": serving_default}
+
+
+def prediction_request(inputs):
+    """Turns the command line's inputs (review texts) into the signature's keyword arguments."""
+    if not inputs:
+        raise ValueError("elman predict imdb expects one or more review texts, received none")
+    return {"review": tf.constant(list(inputs), tf.string)}
+
+
+def describe_prediction(inputs, outputs):
+    """One line per review: label, probability and the start of the text."""
+    lines = []
+    for text, probability, label in zip(inputs, outputs["probability"].numpy(),
+                                        outputs["label"].numpy()):
+        preview = text if len(text) <= 60 else text[:57] + "..."
+        lines.append(f"{label.decode():8s} p(positive)={probability:.3f}  {preview!r}")
+    return lines

@@ -1,0 +1,217 @@
+"""The `elman` console script: verb first, then the app. It parses and dispatches, nothing more."""
+
+import argparse
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+DESCRIPTION = """\
+Elman recurrent networks in Keras 3: train, evaluate, tune, export and serve one app per
+recurrent topology. Without --data-dir or $ELMAN_DATA_DIR every app runs on the small sample it
+ships; with them, on the real dataset.
+"""
+
+EPILOG = """\
+examples:
+  elman demo                                   train every app on its sample, export, predict
+  elman train imdb --smoke                     a tiny run, seconds
+  elman train imdb --set hidden_units=128      the full run, with an override
+  elman evaluate imdb                          test metrics of runs/imdb
+  elman tune imdb --max-trials 8               random search; best config in runs/imdb-tune
+  elman train imdb --config runs/imdb-tune/best_config.json
+  elman export imdb                            saved_models/imdb/<next version>/
+  elman predict imdb "A wonderful film."       run the exported model
+"""
+
+
+def _app_names():
+    from elman.apps import APP_MODULES
+
+    return list(APP_MODULES)
+
+
+def _add_config_arguments(parser):
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override one config value; repeatable; unknown keys are an error")
+    parser.add_argument("--config", type=Path, help="a config file, e.g. a tuner's "
+                        "best_config.json or a run's config.json")
+    parser.add_argument("--smoke", action="store_true",
+                        help="start from the app's tiny SMOKE preset instead of the defaults")
+    parser.add_argument("--data-dir", help="data directory (default: $ELMAN_DATA_DIR; "
+                        "without either, the shipped sample)")
+
+
+def _add_run_dir(parser, suffix=""):
+    parser.add_argument("--run-dir", type=Path,
+                        help=f"run directory (default: runs/APP{suffix})")
+
+
+def _add_base_dir(parser):
+    parser.add_argument("--base-dir", type=Path, default=Path("saved_models"),
+                        help="folder of the versioned SavedModels (default: saved_models)")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="elman", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    apps = _app_names()
+
+    train = commands.add_parser("train", help="train an app; rerun to resume an interrupted run",
+                                description="Train an app. Checkpoints, logs, TensorBoard and "
+                                "the resolved config go into the run directory; running the same "
+                                "command again after an interruption resumes it.")
+    train.add_argument("app", choices=apps)
+    _add_config_arguments(train)
+    _add_run_dir(train)
+
+    evaluate = commands.add_parser("evaluate", help="test metrics of a trained run",
+                                   description="Evaluate RUN_DIR/model.keras on the test split "
+                                   "(with the run's own config) and write evaluation.json.")
+    evaluate.add_argument("app", choices=apps)
+    evaluate.add_argument("--data-dir", help="data directory (default: the run's)")
+    _add_run_dir(evaluate)
+
+    tune = commands.add_parser("tune", help="hyperparameter search with keras-tuner",
+                               description="Random search over the app's search space. Rerun "
+                               "to resume; the best config is written to "
+                               "RUN_DIR/best_config.json for `elman train --config`.")
+    tune.add_argument("app", choices=apps)
+    tune.add_argument("--max-trials", type=int, default=10, help="trials in all (default: 10)")
+    _add_config_arguments(tune)
+    _add_run_dir(tune, "-tune")
+
+    export = commands.add_parser("export", help="write a versioned SavedModel for TF Serving",
+                                 description="Export RUN_DIR/model.keras to "
+                                 "BASE_DIR/APP/VERSION/ with named serving signatures.")
+    export.add_argument("app", choices=apps)
+    export.add_argument("--version", type=int, help="version number (default: the next one)")
+    _add_run_dir(export)
+    _add_base_dir(export)
+
+    predict = commands.add_parser("predict", help="run the exported SavedModel on inputs",
+                                  description="Load the latest (or --version) SavedModel of the "
+                                  "app, exactly as TF Serving would, and print its predictions.")
+    predict.add_argument("app", choices=apps)
+    predict.add_argument("inputs", nargs="+", help="what the app reads, e.g. review texts")
+    predict.add_argument("--version", type=int, help="version number (default: the latest)")
+    _add_base_dir(predict)
+
+    demo = commands.add_parser("demo", help="train, export and predict with every app",
+                               description="The main job: for every app, train (the SMOKE "
+                               "preset on the shipped sample, or the full config when "
+                               "$ELMAN_DATA_DIR or --data-dir is set), evaluate, export a "
+                               "SavedModel and show predictions on the app's examples.")
+    demo.add_argument("--apps", nargs="+", choices=apps, default=apps)
+    demo.add_argument("--data-dir", help="data directory (default: $ELMAN_DATA_DIR)")
+    demo.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                      help="where the run directories go (default: runs)")
+    _add_base_dir(demo)
+    return parser
+
+
+def _resolve_config(app, args):
+    from elman.config import apply_overrides, load_config
+
+    config = app.SMOKE if args.smoke else app.Config()
+    if args.config is not None:
+        config = load_config(app.Config, args.config, app.NAME, base=config)
+    config = apply_overrides(config, args.overrides)
+    if args.data_dir:
+        config = apply_overrides(config, [f"data_dir={args.data_dir}"])
+    return config
+
+
+def _run_config(app, run_dir, data_dir):
+    from elman.config import apply_overrides, load_config
+
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config at {path}: train first with "
+                                f"`elman train {app.NAME} --run-dir {run_dir}`")
+    config = load_config(app.Config, path, app.NAME)
+    return apply_overrides(config, [f"data_dir={data_dir}"]) if data_dir else config
+
+
+def _print_prediction(app, inputs, base_dir, version=None):
+    from elman import export
+
+    outputs, version = export.predict(app, inputs, base_dir, version)
+    print(f"[elman] {app.NAME}: predictions of {base_dir / app.NAME / str(version)}")
+    for line in app.describe_prediction(inputs, outputs):
+        print("  " + line)
+
+
+def _demo(args):
+    from elman import export, training
+    from elman.apps import get_app
+    from elman.datasets import resolve_data_dir
+
+    data_dir = resolve_data_dir(args.data_dir)
+    for name in args.apps:
+        app = get_app(name)
+        config = app.Config() if data_dir else app.SMOKE
+        if data_dir:
+            from elman.config import apply_overrides
+            config = apply_overrides(config, [f"data_dir={data_dir}"])
+        print(f"\n=== {name}: {'full config, real data' if data_dir else 'SMOKE preset, sample'}")
+        run_dir = args.runs_dir / f"{name}-demo"
+        data = app.load_data(config)
+        model, _ = training.train(app, config, run_dir, data=data, verbose=2)
+        metrics = training.evaluate(app, model, data, run_dir)
+        print(f"[elman] {name}: test " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        path = export.export(app, model, args.base_dir)
+        print(f"[elman] {name}: exported {path}")
+        _print_prediction(app, app.EXAMPLES, args.base_dir)
+
+
+def dispatch(args):
+    if args.command == "demo":
+        return _demo(args)
+
+    from elman import export, training
+    from elman.apps import get_app
+
+    app = get_app(args.app)
+    if args.command == "predict":
+        return _print_prediction(app, args.inputs, args.base_dir, args.version)
+    run_dir = args.run_dir or Path("runs") / (app.NAME + ("-tune" if args.command == "tune" else ""))
+    if args.command == "train":
+        training.train(app, _resolve_config(app, args), run_dir)
+        print(f"[elman] {app.NAME}: model saved to {run_dir / 'model.keras'}")
+    elif args.command == "evaluate":
+        config = _run_config(app, run_dir, args.data_dir)
+        model = training.load_trained_model(app, run_dir)
+        metrics = training.evaluate(app, model, app.load_data(config), run_dir)
+        print(f"[elman] {app.NAME}: test " + ", ".join(f"{k}={v:.4f}"
+                                                     for k, v in metrics.items()))
+    elif args.command == "tune":
+        from elman import tuning
+
+        best = tuning.tune(app, _resolve_config(app, args), run_dir, max_trials=args.max_trials)
+        print(f"[elman] {app.NAME}: best config written to {run_dir / 'best_config.json'}:")
+        print(textwrap.indent(str(best), "  "))
+    elif args.command == "export":
+        model = training.load_trained_model(app, run_dir)
+        path = export.export(app, model, args.base_dir, args.version)
+        print(f"[elman] {app.NAME}: exported {path}")
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        dispatch(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"elman: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Versioned SavedModels for TensorFlow Serving, written atomically.
+
+`export(app, model)` writes `saved_models/<app>/<version>/` with the app's named signatures. The
+SavedModel is first written under a hidden temporary name in the same folder and renamed into
+place when complete: TensorFlow Serving only loads integer-named folders, and a rename within one
+file system is atomic, so a half-written version is never seen, even if the export is killed.
+"""
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+DEFAULT_BASE_DIR = "saved_models"
+
+
+def versions(app_dir):
+    """The integer versions present under `app_dir`, sorted."""
+    app_dir = Path(app_dir)
+    if not app_dir.is_dir():
+        return []
+    return sorted(int(path.name) for path in app_dir.iterdir()
+                  if path.is_dir() and path.name.isdigit())
+
+
+def export(app, model, base_dir=DEFAULT_BASE_DIR, version=None):
+    """Exports `model` with `app.export_signatures(model)`; returns the version's path.
+
+    Args:
+        app: the app module.
+        model: the trained Keras model.
+        base_dir: the folder holding one folder per app. Default: `saved_models`.
+        version: a positive integer; default: one more than the highest present.
+
+    Raises:
+        ValueError: when `version` is not a positive integer or already exists.
+    """
+    app_dir = Path(base_dir) / app.NAME
+    if version is None:
+        version = (versions(app_dir) or [0])[-1] + 1
+    if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
+        raise ValueError(f"version must be a positive integer, received version={version!r}")
+    target = app_dir / str(version)
+    if target.exists():
+        raise ValueError(f"{target} already exists; pick another --version or leave it out "
+                         "to take the next free one")
+    app_dir.mkdir(parents=True, exist_ok=True)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, function in app.export_signatures(model).items():
+        archive.add_endpoint(name, function)
+    temporary = app_dir / f".tmp-{version}-{uuid.uuid4().hex}"
+    try:
+        archive.write_out(str(temporary), verbose=False)
+        os.rename(temporary, target)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary)
+    return target
+
+
+def load_saved_model(app_name, base_dir=DEFAULT_BASE_DIR, version=None):
+    """Loads a version (default: the latest) with plain `tf.saved_model.load`."""
+    app_dir = Path(base_dir) / app_name
+    present = versions(app_dir)
+    if not present:
+        raise FileNotFoundError(f"no exported model under {app_dir}: run "
+                                f"`elman export {app_name}` first")
+    version = present[-1] if version is None else version
+    if version not in present:
+        raise FileNotFoundError(f"version {version} of {app_name} is not in {app_dir}; "
+                                f"present: {present}")
+    return tf.saved_model.load(str(app_dir / str(version))), version
+
+
+def predict(app, inputs, base_dir=DEFAULT_BASE_DIR, version=None, signature="serving_default"):
+    """Runs the exported model's signature on command-line inputs; returns `(outputs, version)`."""
+    loaded, version = load_saved_model(app.NAME, base_dir, version)
+    if signature not in loaded.signatures:
+        raise ValueError(f"signature must be one of {sorted(loaded.signatures)}, "
+                         f"received signature={signature!r}")
+    return loaded.signatures[signature](**app.prediction_request(inputs)), version

@@ -1,0 +1,105 @@
+"""Training and evaluation, written once for every app.
+
+A run directory holds everything a run produces:
+
+    config.json        the resolved config (`elman train --config` accepts it)
+    command.txt        the command line that started the run
+    backup/            BackupAndRestore's state: an interrupted run resumes from its last epoch
+    best.keras         the best model so far by the app's MONITOR
+    model.keras        the final model (the best weights when early stopping restored them)
+    training.csv       one row of metrics per epoch (appended across resumes)
+    tensorboard/       TensorBoard logs: `tensorboard --logdir RUN_DIR/tensorboard`
+    metrics.json       the final validation metrics
+    evaluation.json    the test metrics written by `elman evaluate`
+"""
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import keras
+
+from elman.config import save_config
+
+
+def write_run_record(run_dir, app, config):
+    """Writes the resolved config and the command line into the run directory."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.json", app.NAME)
+    (run_dir / "command.txt").write_text(shlex.join(sys.argv) + "\n")
+
+
+def _callbacks(app, config, run_dir):
+    monitor = app.MONITOR
+    mode = "min" if "loss" in monitor else "max"
+    return [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=monitor, mode=mode,
+                                        save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=config.patience,
+                                      restore_best_weights=True),
+        keras.callbacks.CSVLogger(str(run_dir / "training.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / "tensorboard")),
+    ]
+
+
+def train(app, config, run_dir, data=None, extra_callbacks=(), verbose="auto"):
+    """Trains `app` with `config`, writing everything into `run_dir`.
+
+    Running the same command again after an interruption resumes from the last completed epoch.
+
+    Args:
+        app: the app module.
+        config: the app's `Config`.
+        run_dir: the run directory (created if missing).
+        data: the app's data, if already loaded (else `app.load_data(config)`).
+        extra_callbacks: more Keras callbacks, e.g. the BPTT monitor.
+        verbose: Keras's progress bar setting.
+
+    Returns:
+        `(model, history)`: the trained model and the Keras `History`.
+    """
+    run_dir = Path(run_dir)
+    write_run_record(run_dir, app, config)
+    keras.utils.set_random_seed(config.seed)
+    if data is None:
+        data = app.load_data(config)
+    print(f"[elman] {app.NAME}: data from {data.source}")
+    model = app.build_model(config, data)
+    print(f"[elman] {app.NAME}: {model.count_params():,} parameters; run directory {run_dir}")
+    started = time.perf_counter()
+    try:
+        history = model.fit(data.train, validation_data=data.validation, epochs=config.epochs,
+                            shuffle=False,  # The app's tf.data pipeline shuffles.
+                            callbacks=[*_callbacks(app, config, run_dir), *extra_callbacks],
+                            verbose=verbose)
+    except KeyboardInterrupt:
+        print(f"\n[elman] interrupted: completed epochs are kept in {run_dir / 'backup'}; "
+              "run the same command again to resume.", file=sys.stderr)
+        raise
+    model.save(run_dir / "model.keras")
+    final = {key: float(values[-1]) for key, values in history.history.items()}
+    final["training_seconds"] = time.perf_counter() - started
+    (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+    return model, history
+
+
+def load_trained_model(app, run_dir):
+    """Loads `RUN_DIR/model.keras`, with a clear error when the run has not finished."""
+    path = Path(run_dir) / "model.keras"
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained model at {path}: run `elman train {app.NAME} "
+                                f"--run-dir {run_dir}` first")
+    return keras.saving.load_model(path)
+
+
+def evaluate(app, model, data, run_dir=None):
+    """Evaluates on the test split; writes `evaluation.json` into `run_dir` if given."""
+    metrics = model.evaluate(data.test, return_dict=True, verbose=0)
+    metrics = {key: float(value) for key, value in metrics.items()}
+    if run_dir is not None:
+        (Path(run_dir) / "evaluation.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics

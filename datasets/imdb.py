@@ -1,0 +1,99 @@
+"""The IMDB Large Movie Review dataset (Maas et al., 2011): 25,000 train and 25,000 test reviews.
+
+Where it is read from, in order:
+
+1. `<data_dir>/imdb/imdb_{train,test}.csv.gz`: gzip CSV with the columns `id,rating,label,text`
+   (the layout of the project's shared data folder);
+2. `<data_dir>/aclImdb/{train,test}/{pos,neg}/*.txt`: the canonical archive, extracted;
+3. the canonical archive, downloaded into `<data_dir>` and extracted (needs a network);
+4. with no data directory at all, the sample shipped with elman (a few hundred real reviews).
+"""
+
+import csv
+import gzip
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from elman.datasets import SAMPLES_DIR, resolve_data_dir
+
+URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+SPLITS = ("train", "test")
+SAMPLE_FILE = SAMPLES_DIR / "imdb_sample.csv.gz"
+
+csv.field_size_limit(sys.maxsize)
+
+
+def _read_csv(path, split=None):
+    """Reads `(texts, labels)` from a gzip CSV with `label` and `text` columns."""
+    with gzip.open(path, "rt", encoding="utf-8", newline="") as file:
+        rows = [row for row in csv.DictReader(file) if split is None or row["split"] == split]
+    texts = [row["text"] for row in rows]
+    labels = np.array([int(row["label"]) for row in rows], dtype="int32")
+    return texts, labels
+
+
+def _read_folder(root, split):
+    """Reads `(texts, labels)` from `aclImdb/<split>/{neg,pos}/*.txt` in sorted file order."""
+    texts, labels = [], []
+    for label, polarity in enumerate(("neg", "pos")):
+        for path in sorted((root / split / polarity).glob("*.txt")):
+            texts.append(path.read_text(encoding="utf-8", errors="replace"))
+            labels.append(label)
+    return texts, np.array(labels, dtype="int32")
+
+
+def _download(data_dir):
+    """Downloads and extracts the canonical archive into `data_dir`; returns the `aclImdb` root."""
+    import keras
+
+    archive = keras.utils.get_file("aclImdb_v1.tar.gz", URL, cache_dir=str(data_dir),
+                                   cache_subdir=".", extract=True)
+    for candidate in (Path(archive), Path(archive) / "aclImdb", data_dir / "aclImdb"):
+        if (candidate / "train" / "pos").is_dir():
+            return candidate
+    raise FileNotFoundError(f"the archive from {URL} did not contain aclImdb/train/pos")
+
+
+def load_imdb(data_dir=None, download=True):
+    """Loads the official IMDB split.
+
+    Args:
+        data_dir: the data directory; defaults to `$ELMAN_DATA_DIR`. With neither, the shipped
+            sample is returned.
+        download: whether to fetch the canonical archive when no local copy is found.
+
+    Returns:
+        A dict `{"train": (texts, labels), "test": (texts, labels), "source": str}`: texts a list
+        of `str`, labels an `int32` array (0 negative, 1 positive).
+
+    Raises:
+        FileNotFoundError: when a data directory is set but holds no copy and the download
+            failed; the message says where to put the files.
+    """
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        splits = {split: _read_csv(SAMPLE_FILE, split) for split in SPLITS}
+        return {**splits, "source": f"the sample shipped with elman ({SAMPLE_FILE.name})"}
+    csv_paths = {split: root / "imdb" / f"imdb_{split}.csv.gz" for split in SPLITS}
+    if all(path.is_file() for path in csv_paths.values()):
+        splits = {split: _read_csv(path) for split, path in csv_paths.items()}
+        return {**splits, "source": str(root / "imdb")}
+    folder = root / "aclImdb"
+    if not (folder / "train" / "pos").is_dir():
+        problem = "download=False"
+        if download:
+            try:
+                folder = _download(root)
+                problem = None
+            except Exception as error:  # Any failure of the network or the archive.
+                problem = f"downloading {URL} failed ({type(error).__name__}: {error})"
+        if problem is not None:
+            raise FileNotFoundError(
+                f"IMDB was not found under {root}: expected {csv_paths['train']} and "
+                f"{csv_paths['test']} (gzip CSV with columns id,rating,label,text), or the "
+                f"folder {folder}/ extracted from {URL}; {problem}. Put the files there, or "
+                f"unset ELMAN_DATA_DIR (and --data-dir) to use the shipped sample.")
+    splits = {split: _read_folder(folder, split) for split in SPLITS}
+    return {**splits, "source": str(folder)}

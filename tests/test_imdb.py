@@ -1,0 +1,201 @@
+"""The IMDB app on its shipped sample: shared checks, robustness, data sources, CLI verbs."""
+
+import csv
+import dataclasses
+import gzip
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import app_checks
+from elman import training
+from elman.apps import get_app
+from elman.cli import main
+from elman.datasets import imdb as imdb_data
+
+app = get_app("imdb")
+
+AWKWARD_REVIEWS = {
+    "empty": b"",
+    "one word": b"terrible",
+    "one megabyte": b"good " * 210_000,
+    "non-ASCII": "¡Qué película tan maravillosa! 素晴らしい映画 ÉTÉ".encode(),
+    "invalid UTF-8": b"great \xff\xfe movie \xc3",
+    "only punctuation": b"!!! ??? <br /><br />",
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return app.load_data(app.SMOKE)
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    keras.utils.set_random_seed(0)
+    return app.build_model(app.SMOKE, data)
+
+
+def _reviews(data, count=8):
+    texts, _ = next(iter(data.validation.unbatch().batch(count)))
+    return texts
+
+
+def test_sample_splits(data):
+    train = sum(int(batch[1].shape[0]) for batch in data.train)
+    validation = sum(int(batch[1].shape[0]) for batch in data.validation)
+    test = sum(int(batch[1].shape[0]) for batch in data.test)
+    assert (train, validation, test) == (240, 60, 200)
+    assert "sample" in data.source
+    assert data.vocabulary[:2] == ["", "[UNK]"] and len(data.vocabulary) == app.SMOKE.vocabulary_size
+
+
+def test_training_step_changes_every_weight(data):
+    model = app.build_model(app.SMOKE, data)
+    app_checks.check_training_step_changes_every_weight(model, next(iter(data.train)))
+
+
+def test_keras_round_trip(model, data, tmp_path):
+    app_checks.check_keras_round_trip(model, _reviews(data), tmp_path)
+
+
+def test_export_serves_without_elman(model, data, tmp_path):
+    request = {"review": tf.constant([*_reviews(data).numpy(), *AWKWARD_REVIEWS.values()])}
+    version_dir = app_checks.check_export_without_elman(app, model, request, tmp_path)
+    loaded = tf.saved_model.load(str(version_dir))
+    signature = loaded.signatures["serving_default"]
+    assert list(signature.structured_input_signature[1]) == ["review"]
+    assert sorted(signature.structured_outputs) == ["label", "probability"]
+
+
+@pytest.mark.parametrize("name", sorted(AWKWARD_REVIEWS))
+def test_awkward_reviews_give_a_probability(model, name):
+    outputs = app.export_signatures(model)["serving_default"](
+        tf.constant([AWKWARD_REVIEWS[name]]))
+    probability = outputs["probability"].numpy()
+    assert probability.shape == (1,) and np.isfinite(probability).all()
+    assert 0.0 <= probability[0] <= 1.0
+    assert outputs["label"].numpy()[0] in (b"positive", b"negative")
+
+
+def test_standardize_review():
+    cleaned = app.standardize_review(tf.constant(["Great<br />MOVIE!!", "ÉTÉ, café", "\xff"
+                                                  .encode("latin-1")]))
+    assert [text.decode() for text in cleaned.numpy()] == ["great movie ", "été café", " "]
+
+
+def test_learns_the_sample(data):
+    """Without dropout the model fits the 240 sample reviews: loss falls, accuracy climbs."""
+    keras.utils.set_random_seed(0)
+    config = dataclasses.replace(app.SMOKE, learning_rate=0.01, dropout=0.0,
+                                 embedding_dropout=0.0)
+    model = app.build_model(config, data)
+    history = model.fit(data.train, epochs=8, verbose=0)
+    assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
+    assert history.history["accuracy"][-1] > 0.9
+
+
+# Data sources.
+
+def _write_csv(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["id", "rating", "label", "text"])
+        writer.writerows(rows)
+
+
+def test_reads_a_local_copy_in_the_shared_csv_layout(tmp_path):
+    _write_csv(tmp_path / "imdb" / "imdb_train.csv.gz", [(1, 9, 1, "good, film"), (2, 2, 0, "bad")])
+    _write_csv(tmp_path / "imdb" / "imdb_test.csv.gz", [(3, 8, 1, "nice")])
+    splits = imdb_data.load_imdb(tmp_path)
+    assert splits["train"][0] == ["good, film", "bad"]
+    assert splits["train"][1].tolist() == [1, 0]
+    assert splits["test"][0] == ["nice"]
+
+
+def test_reads_the_canonical_aclimdb_folder(tmp_path):
+    for split, polarity, name, text in [("train", "pos", "0_9.txt", "loved it"),
+                                        ("train", "neg", "1_2.txt", "hated it"),
+                                        ("test", "pos", "2_8.txt", "fine"),
+                                        ("test", "neg", "3_1.txt", "awful")]:
+        folder = tmp_path / "aclImdb" / split / polarity
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    splits = imdb_data.load_imdb(tmp_path, download=False)
+    assert splits["train"][0] == ["hated it", "loved it"]
+    assert splits["train"][1].tolist() == [0, 1]
+
+
+def test_missing_data_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(imdb_data, "URL", (tmp_path / "nowhere.tar.gz").as_uri())
+    with pytest.raises(FileNotFoundError, match=r"imdb_train\.csv\.gz.*aclImdb.*downloading"):
+        imdb_data.load_imdb(tmp_path)
+    monkeypatch.setenv("ELMAN_DATA_DIR", str(tmp_path / "does-not-exist"))
+    with pytest.raises(ValueError, match="ELMAN_DATA_DIR must name an existing directory"):
+        imdb_data.load_imdb()
+
+
+# Training runs, CLI verbs.
+
+class _InterruptAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+
+def test_interrupted_training_resumes(tmp_path, data):
+    config = app.SMOKE
+    with pytest.raises(KeyboardInterrupt):
+        training.train(app, config, tmp_path, data=data, verbose=0,
+                       extra_callbacks=[_InterruptAfterFirstEpoch()])
+    assert (tmp_path / "backup").is_dir() and not (tmp_path / "model.keras").exists()
+    training.train(app, config, tmp_path, data=data, verbose=0)
+    epochs = [row["epoch"] for row in csv.DictReader(open(tmp_path / "training.csv"))]
+    assert epochs == ["0", "1"]  # The second run started at epoch 1, not again at 0.
+    assert (tmp_path / "model.keras").is_file() and not (tmp_path / "backup").exists()
+
+
+def test_training_is_seeded(tmp_path):
+    # Each run loads its data afresh, as separate `elman train` processes do.
+    first, _ = training.train(app, app.SMOKE, tmp_path / "a", verbose=0)
+    second, _ = training.train(app, app.SMOKE, tmp_path / "b", verbose=0)
+    for a, b in zip(first.weights, second.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_cli_verbs_end_to_end(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "imdb", "--smoke", "--set", "epochs=1", "--set", "hidden_units=4"]) == 0
+    saved = json.loads((tmp_path / "runs" / "imdb" / "config.json").read_text())
+    assert saved["app"] == "imdb" and saved["config"]["hidden_units"] == 4
+    assert "train imdb --smoke" in (tmp_path / "runs" / "imdb" / "command.txt").read_text()
+    for name in ("training.csv", "best.keras", "model.keras", "metrics.json"):
+        assert (tmp_path / "runs" / "imdb" / name).is_file(), name
+    assert any((tmp_path / "runs" / "imdb" / "tensorboard").rglob("*tfevents*"))
+
+    assert main(["evaluate", "imdb"]) == 0
+    evaluation = json.loads((tmp_path / "runs" / "imdb" / "evaluation.json").read_text())
+    assert 0.0 <= evaluation["accuracy"] <= 1.0
+
+    assert main(["export", "imdb"]) == 0
+    assert main(["export", "imdb"]) == 0
+    assert sorted(p.name for p in (tmp_path / "saved_models" / "imdb").iterdir()) == ["1", "2"]
+    capsys.readouterr()
+    assert main(["predict", "imdb", "What a great film", ""]) == 0
+    printed = capsys.readouterr().out
+    assert "saved_models/imdb/2" in printed and printed.count("p(positive)=") == 2
+
+
+def test_cli_errors_are_clear(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "imdb", "--smoke", "--set", "hiden_units=4"]) == 2
+    assert "unknown config key 'hiden_units'" in capsys.readouterr().err
+    assert main(["train", "imdb", "--smoke", "--set", "hidden_units=many"]) == 2
+    assert "hidden_units expects int, received hidden_units='many'" in capsys.readouterr().err
+    assert main(["predict", "imdb", "text"]) == 2
+    assert "elman export imdb" in capsys.readouterr().err
+    assert main(["evaluate", "imdb"]) == 2
+    assert "elman train imdb" in capsys.readouterr().err
