@@ -160,7 +160,8 @@ def _demo(args):
         print(f"\n=== {name}: {'full config, real data' if data_dir else 'SMOKE preset, sample'}")
         run_dir = args.runs_dir / f"{name}-demo"
         data = app.load_data(config)
-        model, _ = training.train(app, config, run_dir, data=data, verbose=2)
+        model, _ = training.train(app, config, run_dir, data=data, verbose=2,
+                                  command=args.command_line)
         metrics = training.evaluate(app, model, data, run_dir)
         print(f"[elman] {name}: test " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         path = export.export(app, model, args.base_dir)
@@ -180,7 +181,7 @@ def dispatch(args):
         return _print_prediction(app, args.inputs, args.base_dir, args.version)
     run_dir = args.run_dir or Path("runs") / (app.NAME + ("-tune" if args.command == "tune" else ""))
     if args.command == "train":
-        training.train(app, _resolve_config(app, args), run_dir)
+        training.train(app, _resolve_config(app, args), run_dir, command=args.command_line)
         print(f"[elman] {app.NAME}: model saved to {run_dir / 'model.keras'}")
     elif args.command == "evaluate":
         config = _run_config(app, run_dir, args.data_dir)
@@ -191,7 +192,8 @@ def dispatch(args):
     elif args.command == "tune":
         from elman import tuning
 
-        best = tuning.tune(app, _resolve_config(app, args), run_dir, max_trials=args.max_trials)
+        best = tuning.tune(app, _resolve_config(app, args), run_dir, max_trials=args.max_trials,
+                           command=args.command_line)
         print(f"[elman] {app.NAME}: best config written to {run_dir / 'best_config.json'}:")
         print(textwrap.indent(str(best), "  "))
     elif args.command == "export":
@@ -202,7 +204,9 @@ def dispatch(args):
 
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = ["elman", *argv]
     try:
         dispatch(args)
     except (ValueError, FileNotFoundError) as error:

@@ -24,12 +24,13 @@ import keras
 from elman.config import save_config
 
 
-def write_run_record(run_dir, app, config):
-    """Writes the resolved config and the command line into the run directory."""
+def write_run_record(run_dir, app, config, command=None):
+    """Writes the resolved config and the command line (default: `sys.argv`) into the run
+    directory."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.json", app.NAME)
-    (run_dir / "command.txt").write_text(shlex.join(sys.argv) + "\n")
+    (run_dir / "command.txt").write_text(shlex.join(command or sys.argv) + "\n")
 
 
 def _callbacks(app, config, run_dir):
@@ -46,7 +47,8 @@ def _callbacks(app, config, run_dir):
     ]
 
 
-def train(app, config, run_dir, data=None, extra_callbacks=(), verbose="auto"):
+def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbose="auto",
+          command=None):
     """Trains `app` with `config`, writing everything into `run_dir`.
 
     Running the same command again after an interruption resumes from the last completed epoch.
@@ -56,19 +58,22 @@ def train(app, config, run_dir, data=None, extra_callbacks=(), verbose="auto"):
         config: the app's `Config`.
         run_dir: the run directory (created if missing).
         data: the app's data, if already loaded (else `app.load_data(config)`).
+        model: a compiled model to train instead of `app.build_model(config, data)`.
         extra_callbacks: more Keras callbacks, e.g. the BPTT monitor.
         verbose: Keras's progress bar setting.
+        command: the command line to record (default: `sys.argv`).
 
     Returns:
         `(model, history)`: the trained model and the Keras `History`.
     """
     run_dir = Path(run_dir)
-    write_run_record(run_dir, app, config)
+    write_run_record(run_dir, app, config, command)
     keras.utils.set_random_seed(config.seed)
     if data is None:
         data = app.load_data(config)
     print(f"[elman] {app.NAME}: data from {data.source}")
-    model = app.build_model(config, data)
+    if model is None:
+        model = app.build_model(config, data)
     print(f"[elman] {app.NAME}: {model.count_params():,} parameters; run directory {run_dir}")
     started = time.perf_counter()
     try:

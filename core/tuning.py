@@ -33,7 +33,7 @@ class AppHyperModel(keras_tuner.HyperModel):
 
 
 def tune(app, config, run_dir, max_trials=10, executions_per_trial=1, data=None,
-         verbose="auto"):
+         verbose="auto", command=None):
     """Runs (or resumes) a random search; returns the best config.
 
     The search state lives in `RUN_DIR/search/`: running the same command again skips the
@@ -43,7 +43,7 @@ def tune(app, config, run_dir, max_trials=10, executions_per_trial=1, data=None,
         The best trial's config, also written to `RUN_DIR/best_config.json` with its score.
     """
     run_dir = Path(run_dir)
-    write_run_record(run_dir, app, config)
+    write_run_record(run_dir, app, config, command)
     keras.utils.set_random_seed(config.seed)
     if data is None:
         data = app.load_data(config)

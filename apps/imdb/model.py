@@ -143,15 +143,24 @@ def load_data(config):
     )
 
 
-def build_model(config, data):
-    """Builds and compiles the classifier. Input `review` `(batch,)` string; output `(batch, 1)`."""
+def build_model(config, data, recurrent_layer=None):
+    """Builds and compiles the classifier. Input `review` `(batch,)` string; output `(batch, 1)`.
+
+    Args:
+        config: the `Config`.
+        data: the loaded `Data` (its vocabulary is built into the model).
+        recurrent_layer: optional Keras layer used instead of `RNN(ElmanCell)` (with
+            `return_sequences=True`); the benchmark's references (`SimpleRNN`, `LSTM`) use it to
+            train in exactly the same pipeline.
+    """
     review = keras.Input(shape=(), dtype="string", name="review")
     word_ids = _vectorizer(config, data.vocabulary)(review)  # (batch, time)
     embedded = keras.layers.Embedding(len(data.vocabulary), config.embedding_dim,
                                       mask_zero=True, name="embed")(word_ids)
     embedded = keras.layers.SpatialDropout1D(config.embedding_dropout)(embedded)
-    recurrent = keras.layers.RNN(ElmanCell(config.hidden_units, activation=config.activation),
-                                 return_sequences=True, name="elman")
+    recurrent = recurrent_layer or keras.layers.RNN(
+        ElmanCell(config.hidden_units, activation=config.activation), return_sequences=True,
+        name="elman")
     if config.bidirectional:
         recurrent = keras.layers.Bidirectional(recurrent, name="bidirectional_elman")
     states = recurrent(embedded)  # (batch, time, directions * hidden_units)
