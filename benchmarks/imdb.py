@@ -50,8 +50,7 @@ def main():
         if args.only and name not in args.only:
             continue
         keras.utils.set_random_seed(config.seed)
-        if layer is not None and config.bidirectional:
-            layer = keras.layers.Bidirectional(layer)
+        # build_model wraps the layer in Bidirectional when the config says so, as for Elman.
         model = app.build_model(config, data, recurrent_layer=layer)
         started = time.perf_counter()
         model, history = training.train(app, config, args.runs_dir / name, data=data, model=model,
