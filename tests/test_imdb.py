@@ -199,3 +199,13 @@ def test_cli_errors_are_clear(tmp_path, capsys, monkeypatch):
     assert "elman export imdb" in capsys.readouterr().err
     assert main(["evaluate", "imdb"]) == 2
     assert "elman train imdb" in capsys.readouterr().err
+
+
+def test_demo_trains_exports_and_predicts(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--apps", "imdb"]) == 0
+    printed = capsys.readouterr().out
+    assert "SMOKE preset on the shipped sample" in printed
+    assert (tmp_path / "saved_models" / "imdb" / "1" / "saved_model.pb").is_file()
+    assert printed.count("p(positive)=") == len(app.EXAMPLES)
+    assert (tmp_path / "runs" / "imdb-demo" / "evaluation.json").is_file()
