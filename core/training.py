@@ -9,7 +9,7 @@ A run directory holds everything a run produces:
     model.keras        the final model (the best weights when early stopping restored them)
     training.csv       one row of metrics per epoch (appended across resumes)
     tensorboard/       TensorBoard logs: `tensorboard --logdir RUN_DIR/tensorboard`
-    metrics.json       the final validation metrics
+    metrics.json       the metrics of the best epoch (the weights saved), epochs run, time
     evaluation.json    the test metrics written by `elman evaluate`
 """
 
@@ -86,8 +86,12 @@ def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbo
               "run the same command again to resume.", file=sys.stderr)
         raise
     model.save(run_dir / "model.keras")
-    final = {key: float(values[-1]) for key, values in history.history.items()}
-    final["training_seconds"] = time.perf_counter() - started
+    # Early stopping restored the best epoch's weights, so its metrics describe the saved model.
+    scores = history.history.get(app.MONITOR) or [0.0]
+    best = scores.index(min(scores) if "loss" in app.MONITOR else max(scores))
+    final = {key: float(values[best]) for key, values in history.history.items()}
+    final.update(best_epoch=history.epoch[best] if history.epoch else None,
+                 epochs_run=len(history.epoch), training_seconds=time.perf_counter() - started)
     (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
     return model, history
 

@@ -174,6 +174,9 @@ def test_cli_verbs_end_to_end(tmp_path, capsys, monkeypatch):
     assert "train imdb --smoke" in (tmp_path / "runs" / "imdb" / "command.txt").read_text()
     for name in ("training.csv", "best.keras", "model.keras", "metrics.json"):
         assert (tmp_path / "runs" / "imdb" / name).is_file(), name
+    metrics = json.loads((tmp_path / "runs" / "imdb" / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and metrics["best_epoch"] == 0
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0
     assert any((tmp_path / "runs" / "imdb" / "tensorboard").rglob("*tfevents*"))
 
     assert main(["evaluate", "imdb"]) == 0
