@@ -1,8 +1,9 @@
 """IMDB benchmark: the Elman app against Keras's SimpleRNN and LSTM, in the same pipeline.
 
-Trains each model on the official 25k training reviews less the validation split, with the same config, callbacks (early stopping on validation accuracy,
-best weights restored) and seed, then prints test accuracy on the official 25k test reviews,
-training wall time and parameter count side by side.
+Trains each model on the official 25k training reviews less the validation split, with the
+same config, callbacks (early stopping on validation accuracy, best weights restored) and seed,
+then prints test accuracy on the official 25k test reviews, training wall time and parameter
+count side by side.
 
     ELMAN_DATA_DIR=../shared/data python benchmarks/imdb.py [--set key=value ...] [--only elman]
 
@@ -12,7 +13,6 @@ Run directories (logs, checkpoints) go to runs/benchmark-imdb/<model>/.
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,14 +52,14 @@ def main():
         keras.utils.set_random_seed(config.seed)
         # build_model wraps the layer in Bidirectional when the config says so, as for Elman.
         model = app.build_model(config, data, recurrent_layer=layer)
-        started = time.perf_counter()
-        model, history = training.train(app, config, args.runs_dir / name, data=data, model=model,
-                                  verbose=2)
-        seconds = time.perf_counter() - started
-        metrics = training.evaluate(app, model, data, args.runs_dir / name)
+        run_dir = args.runs_dir / name
+        model, _ = training.train(app, config, run_dir, data=data, model=model, verbose=2)
+        metrics = training.evaluate(app, model, data, run_dir)
+        # train() records the wall time of fit() and the epochs run beside the run.
+        record = json.loads((run_dir / "metrics.json").read_text())
         results[name] = {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
-                         "train_seconds": seconds, "parameters": model.count_params(),
-                         "epochs": len(history.epoch)}
+                         "train_seconds": record["training_seconds"],
+                         "parameters": model.count_params(), "epochs": record["epochs_run"]}
         print(f"{name}: {results[name]}", flush=True)
     print("\nmodel               test accuracy   train time   epochs   parameters")
     for name, result in results.items():

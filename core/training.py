@@ -33,9 +33,14 @@ def write_run_record(run_dir, app, config, command=None):
     (run_dir / "command.txt").write_text(shlex.join(command or sys.argv) + "\n")
 
 
+def monitor_mode(app):
+    """`"min"` when the app's MONITOR is a loss, else `"max"`: the one rule for every callback,
+    the tuner's objective and the best epoch."""
+    return "min" if "loss" in app.MONITOR else "max"
+
+
 def _callbacks(app, config, run_dir):
-    monitor = app.MONITOR
-    mode = "min" if "loss" in monitor else "max"
+    monitor, mode = app.MONITOR, monitor_mode(app)
     return [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=monitor, mode=mode,
@@ -88,7 +93,7 @@ def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbo
     model.save(run_dir / "model.keras")
     # Early stopping restored the best epoch's weights, so its metrics describe the saved model.
     scores = history.history.get(app.MONITOR) or [0.0]
-    best = scores.index(min(scores) if "loss" in app.MONITOR else max(scores))
+    best = scores.index(min(scores) if monitor_mode(app) == "min" else max(scores))
     final = {key: float(values[best]) for key, values in history.history.items()}
     final.update(best_epoch=history.epoch[best] if history.epoch else None,
                  epochs_run=len(history.epoch), training_seconds=time.perf_counter() - started)

@@ -12,7 +12,7 @@ import keras
 import keras_tuner
 
 from elman.config import save_config
-from elman.training import write_run_record
+from elman.training import monitor_mode, write_run_record
 
 
 class AppHyperModel(keras_tuner.HyperModel):
@@ -47,7 +47,7 @@ def tune(app, config, run_dir, max_trials=10, executions_per_trial=1, data=None,
     keras.utils.set_random_seed(config.seed)
     if data is None:
         data = app.load_data(config)
-    mode = "min" if "loss" in app.MONITOR else "max"
+    mode = monitor_mode(app)
     tuner = keras_tuner.RandomSearch(
         AppHyperModel(app, config, data),
         objective=keras_tuner.Objective(app.MONITOR, direction=mode),
