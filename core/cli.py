@@ -22,6 +22,9 @@ examples:
   elman train imdb --config runs/imdb-tune/best_config.json
   elman export imdb                            saved_models/imdb/<next version>/
   elman predict imdb "A wonderful film."       run the exported model
+  elman train imdb --bptt                      also log BPTT gradient figures to TensorBoard
+  elman bptt inspect runs/imdb                 gradient norm per step of a trained run (PNG)
+  elman bptt experiment adding                 the adding problem across lengths and settings
 """
 
 
@@ -67,6 +70,10 @@ def build_parser():
     train.add_argument("app", choices=apps)
     _add_config_arguments(train)
     _add_run_dir(train)
+    train.add_argument("--bptt", action="store_true",
+                       help="log BPTT figures of the first validation batch to TensorBoard "
+                       "every epoch (gradient norm per step, spectral radius of W; see "
+                       "elman.bptt.BPTTMonitor)")
 
     evaluate = commands.add_parser("evaluate", help="test metrics of a trained run",
                                    description="Evaluate RUN_DIR/model.keras on the test split "
@@ -110,6 +117,50 @@ def build_parser():
     demo.add_argument("--runs-dir", type=Path, default=Path("runs"),
                       help="where the run directories go (default: runs)")
     _add_base_dir(demo)
+
+    bptt = commands.add_parser(
+        "bptt", help="backpropagation through time: inspect a run, run long-range experiments",
+        description="Look at backpropagation through time: how the gradient of the loss "
+        "changes from the last step back to the first, and what tanh, relu, IRNN, clipping and "
+        "truncation do to it.")
+    bptt_commands = bptt.add_subparsers(dest="bptt_command", required=True, metavar="ACTION")
+    inspect = bptt_commands.add_parser(
+        "inspect", help="plot ||dL/ds_t|| per step for a trained run",
+        description="Load RUN_DIR/model.keras and plot, for a validation batch, the norm of the "
+        "loss's gradient at every hidden state and of the product of step Jacobians, per Elman "
+        "layer, with the spectral radius and largest singular value of W.")
+    inspect.add_argument("run_dir", type=Path, help="a run directory written by elman train")
+    inspect.add_argument("--data-dir", help="data directory (default: the run's)")
+    inspect.add_argument("--output", type=Path, help="the PNG (default: RUN_DIR/bptt.png)")
+    inspect.add_argument("--batch-size", type=int, help="validation examples to use "
+                         "(default: the run's batch size)")
+    from elman.bptt.settings import EXPERIMENTS, SETTINGS, ExperimentConfig
+
+    defaults = ExperimentConfig()
+    experiment = bptt_commands.add_parser(
+        "experiment", help="train Elman networks on the adding or copy-memory task",
+        description="Train one small Elman network per (setting, sequence length) on a "
+        "synthetic long-range task and write a table (results.csv), results.json and plots: "
+        "score against length, gradient norm against steps back, loss with and without "
+        "clipping. Settings: " + "; ".join(f"{name}: {setting.description}"
+                                           for name, setting in SETTINGS.items())
+        + ". Rerun the same command to resume an interrupted experiment.")
+    experiment.add_argument("name", choices=EXPERIMENTS,
+                            help="adding: the adding problem (MSE); copy: copy memory (accuracy)")
+    experiment.add_argument("--lengths", type=int, nargs="+", default=list(defaults.lengths),
+                            help="sequence lengths (copy: delays) (default: %(default)s)")
+    experiment.add_argument("--settings", nargs="+", choices=list(SETTINGS),
+                            default=list(defaults.settings), metavar="SETTING",
+                            help="any of: %(choices)s (default: all)")
+    experiment.add_argument("--steps", type=int, default=defaults.steps,
+                            help="optimizer steps per run (default: %(default)s)")
+    experiment.add_argument("--units", type=int, default=defaults.units,
+                            help="state size (default: %(default)s)")
+    experiment.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    experiment.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    experiment.add_argument("--seed", type=int, default=defaults.seed)
+    experiment.add_argument("--output", type=Path,
+                            help="output folder (default: runs/bptt-NAME)")
     return parser
 
 
@@ -171,9 +222,34 @@ def _demo(args):
         _print_prediction(app, app.EXAMPLES, args.base_dir)
 
 
+def _bptt(args):
+    if args.bptt_command == "inspect":
+        from elman import bptt
+
+        reports, path = bptt.inspect_run(args.run_dir, args.data_dir, args.output,
+                                         args.batch_size)
+        for report in reports:
+            print("  " + report.summary())
+        print(f"[elman] bptt: plot written to {path}")
+        return
+    from elman.bptt.experiments import run_experiment
+    from elman.bptt.settings import ExperimentConfig
+
+    config = ExperimentConfig(lengths=tuple(args.lengths), settings=tuple(args.settings),
+                              steps=args.steps, units=args.units, batch_size=args.batch_size,
+                              learning_rate=args.learning_rate, seed=args.seed)
+    for name in ("steps", "units", "batch_size"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, "
+                             f"received {getattr(config, name)}")
+    run_experiment(args.name, config, args.output or Path("runs") / f"bptt-{args.name}")
+
+
 def dispatch(args):
     if args.command == "demo":
         return _demo(args)
+    if args.command == "bptt":
+        return _bptt(args)
 
     from elman import export, training
     from elman.apps import get_app
@@ -183,7 +259,16 @@ def dispatch(args):
         return _print_prediction(app, args.inputs, args.base_dir, args.version)
     run_dir = args.run_dir or Path("runs") / (app.NAME + ("-tune" if args.command == "tune" else ""))
     if args.command == "train":
-        training.train(app, _resolve_config(app, args), run_dir, command=args.command_line)
+        config = _resolve_config(app, args)
+        data, callbacks = None, []
+        if args.bptt:
+            from elman.bptt import BPTTMonitor
+
+            data = app.load_data(config)
+            inputs, targets = next(iter(data.validation))
+            callbacks.append(BPTTMonitor(inputs, targets, run_dir / "tensorboard"))
+        training.train(app, config, run_dir, data=data, extra_callbacks=callbacks,
+                       command=args.command_line)
         print(f"[elman] {app.NAME}: model saved to {run_dir / 'model.keras'}")
     elif args.command == "evaluate":
         config = _run_config(app, run_dir, args.data_dir)

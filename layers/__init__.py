@@ -1,6 +1,7 @@
-"""Keras layers of elman: the Elman cell and pooling over its states."""
+"""Keras layers of elman: the Elman cell, pooling over its states, truncated BPTT."""
 
 from elman.layers.elman_cell import ElmanCell
 from elman.layers.pooling import StatePooling
+from elman.layers.truncated import TruncatedBackprop
 
-__all__ = ["ElmanCell", "StatePooling"]
+__all__ = ["ElmanCell", "StatePooling", "TruncatedBackprop"]
