@@ -87,16 +87,21 @@ def _recording(layers):
             return output, new_states
 
         # Instance attributes shadow the methods for this pass only (Keras layers track
-        # attributes, hence object.__setattr__).
+        # attributes, hence object.__setattr__). ElmanRNN's fast path never calls the cell
+        # step by step, so it is switched off for the pass.
         object.__setattr__(layer, "call", call)
         object.__setattr__(layer.cell, "call", step)
-        originals.append(layer)
+        originals.append((layer, getattr(layer, "fast_path", None)))
+        if hasattr(layer, "fast_path"):
+            object.__setattr__(layer, "fast_path", False)
     try:
         yield traces
     finally:
-        for layer in originals:
+        for layer, fast_path in originals:
             object.__delattr__(layer, "call")
             object.__delattr__(layer.cell, "call")
+            if fast_path is not None:
+                object.__setattr__(layer, "fast_path", fast_path)
 
 
 def _check_eager():

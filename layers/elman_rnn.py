@@ -1,0 +1,162 @@
+"""`ElmanRNN`: `keras.layers.RNN` for `ElmanCell` with the projections moved out of the loop."""
+
+import keras
+import tensorflow as tf
+from keras import activations
+
+from elman.layers.elman_cell import ElmanCell
+
+# State activations applied entry by entry, for which f'(a) is the gradient of sum(f(a)).
+_ELEMENTWISE = {"tanh", "relu", "sigmoid", "linear", "elu", "selu", "softplus", "softsign",
+                "gelu", "silu", "swish", "hard_sigmoid", "hard_silu", "hard_swish", "relu6",
+                "leaky_relu", "exponential", "mish", "celu", "sparse_plus",
+                "squareplus", "tanh_shrink", "hard_tanh", "soft_shrink", "hard_shrink",
+                "log_sigmoid"}
+
+
+def _recurrence(projected, initial_state, W, step_mask, activation):
+    """Runs `s_t = f(p_t + s_{t-1} W)` over time, with a hand-written BPTT.
+
+    Only `s_{t-1} W` stays in the loop, forward and backward; the gradient of W is one matrix
+    product over all steps after the backward loop, as cuDNN does for its RNNs.
+
+    Args:
+        projected: `(time, batch, units)`, `p_t = x_t U + b`, time-major.
+        initial_state: `(batch, units)`, s_0.
+        W: `(units, units)`.
+        step_mask: `(time, batch, 1)` of 0/1 in the states' dtype, or None: a masked step keeps
+            the previous state.
+        activation: f, elementwise.
+
+    Returns:
+        `(time, batch, units)`: the state after every step.
+    """
+
+    @tf.custom_gradient
+    def run(projected, initial_state, W):
+        if step_mask is None:
+            def step(state, p):
+                return activation(p + tf.matmul(state, W))
+
+            states = tf.scan(step, projected, initializer=initial_state)
+        else:
+            def step(state, inputs):
+                p, keep = inputs
+                return keep * activation(p + tf.matmul(state, W)) + (1 - keep) * state
+
+            states = tf.scan(step, (projected, step_mask), initializer=initial_state)
+
+        def gradient(d_states):
+            previous = tf.concat([initial_state[None], states[:-1]], axis=0)  # s_{t-1}
+            # The pre-activations, recomputed for all steps in one product.
+            pre_activation = projected + tf.einsum("tbu,uv->tbv", previous, W)
+            with tf.GradientTape() as tape:
+                tape.watch(pre_activation)
+                activated = activation(pre_activation)
+            derivative = tape.gradient(activated, pre_activation)  # f'(a_t)
+            W_transposed = tf.transpose(W)
+            keep = tf.ones_like(projected[..., :1]) if step_mask is None else step_mask
+
+            def back(carry, inputs):
+                # carry[0]: dL/ds_t through the future; returns dL/ds_{t-1} and dL/da_t.
+                d_state, d_pre = carry
+                d_output, f_prime, keep_t = inputs
+                total = d_output + d_state
+                d_pre = keep_t * total * f_prime
+                return (1 - keep_t) * total + tf.matmul(d_pre, W_transposed), d_pre
+
+            zeros = tf.zeros_like(initial_state)
+            d_previous, d_pre = tf.scan(back, (d_states, derivative, keep),
+                                        initializer=(zeros, zeros), reverse=True)
+            d_W = tf.einsum("tbu,tbv->uv", previous, d_pre)
+            return d_pre, d_previous[0], d_W
+
+        return states, gradient
+
+    return run(projected, initial_state, W)
+
+
+@keras.saving.register_keras_serializable(package="elman")
+class ElmanRNN(keras.layers.RNN):
+    """`keras.layers.RNN` for an `ElmanCell`, with `U x_t` and `V s_t` computed outside the loop.
+
+    Neither the input projection `x_t U + b` nor the output `g(s_t V + c)` depends on the
+    previous state, so this layer computes each for all steps at once, in one large matrix
+    product before and after the loop; only `s_{t-1} W` and f stay inside it, forward and in
+    a hand-written backward pass. It reads the cell's own variables (the cell stays the one
+    source of truth and what is saved) and gives the same outputs and gradients as
+    `keras.layers.RNN(cell)`, with every argument of `keras.layers.RNN` (`return_sequences`,
+    `return_state`, `go_backwards`, masking, initial state, `Bidirectional`, input dropout in
+    training). Where the fast path does not apply (recurrent dropout in training, `unroll`,
+    a state activation that is not elementwise, a cell other than `ElmanCell`, a backend other
+    than TensorFlow, or `fast_path=False`), it runs Keras's plain loop instead.
+
+    Args:
+        cell: an `ElmanCell`.
+        fast_path: Boolean, whether to take the fast path where it applies. Default: `True`.
+        **kwargs: the arguments of `keras.layers.RNN`.
+
+    Call arguments:
+        sequences: `(batch, time, input_dim)`.
+        initial_state: optional `(batch, units)`.
+        mask: optional boolean `(batch, time)`.
+        training: Python boolean.
+
+    Returns:
+        `(batch, time, output_dim)` with `return_sequences`, else `(batch, output_dim)`;
+        with `return_state`, also the final state `(batch, units)`.
+
+    Example:
+
+    ```python
+    layer = ElmanRNN(ElmanCell(64, output_units=10), return_sequences=True)
+    outputs = layer(np.zeros((8, 20, 3), "float32"))  # (8, 20, 10)
+    ```
+    """
+
+    def __init__(self, cell, fast_path=True, **kwargs):
+        super().__init__(cell, **kwargs)
+        self.fast_path = bool(fast_path)
+
+    def _takes_fast_path(self, training):
+        cell = self.cell
+        name = getattr(cell.activation, "__name__", "")
+        return (self.fast_path and isinstance(cell, ElmanCell) and not self.unroll
+                and keras.backend.backend() == "tensorflow" and name in _ELEMENTWISE
+                and not (training and cell.recurrent_dropout > 0))
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        if not self._takes_fast_path(training):
+            return super().inner_loop(sequences, initial_state, mask, training)
+        cell = self.cell
+        state = initial_state[0] if isinstance(initial_state, (list, tuple)) else initial_state
+        if training and cell.dropout > 0:
+            # Keras's dropout mask for RNN inputs is the same at every step.
+            sequences = sequences * cell.get_dropout_mask(sequences[:, 0, :])[:, None, :]
+        if self.go_backwards:
+            sequences = tf.reverse(sequences, [1])
+            mask = None if mask is None else tf.reverse(mask, [1])
+        projected = tf.einsum("btf,fu->tbu", sequences, cell.kernel)  # (time, batch, units)
+        if cell.bias is not None:
+            projected += cell.bias
+        step_mask = None
+        if mask is not None:
+            step_mask = tf.cast(tf.transpose(mask), projected.dtype)[..., None]  # (time, batch, 1)
+        # A tensor, not the variable: the custom gradient returns W's gradient as an input's.
+        W = tf.convert_to_tensor(keras.ops.convert_to_tensor(cell.recurrent_kernel))
+        states = _recurrence(projected, state, W, step_mask, cell.activation)
+        outputs = cell.project(states)  # (time, batch, output_dim)
+        if step_mask is not None:
+            # Keras's masked outputs: zeros (zero_output_for_mask), else the last unmasked
+            # step's output, and zeros before the first unmasked step.
+            shown = step_mask if self.zero_output_for_mask else tf.cast(
+                tf.cumsum(step_mask, axis=0) > 0, outputs.dtype)
+            outputs = outputs * shown
+        outputs = tf.transpose(outputs, [1, 0, 2])  # (batch, time, output_dim)
+        last_output = outputs[:, -1]
+        if not self.return_sequences:
+            outputs = outputs[:, -1:]
+        return last_output, outputs, [states[-1]]
+
+    def get_config(self):
+        return {**super().get_config(), "fast_path": self.fast_path}
