@@ -14,6 +14,72 @@ _ELEMENTWISE = {"tanh", "relu", "sigmoid", "linear", "elu", "selu", "softplus", 
                 "log_sigmoid"}
 
 
+# Steps run per iteration of the graph loop: each iteration of a TensorFlow while loop costs
+# tens of microseconds of bookkeeping, more than the step itself for small batches.
+_STEPS_PER_ITERATION = 8
+
+
+def _block_size(time_steps):
+    """The largest of 8, 4, 2, 1 that divides the (static) number of steps."""
+    if time_steps is None:
+        return 1
+    return next(size for size in (_STEPS_PER_ITERATION, 4, 2, 1) if time_steps % size == 0)
+
+
+def _scan_blocks(step, sequences, initial_carry, reverse=False):
+    """Runs `carry, output = step(carry, inputs_t)` over time, several steps per loop iteration.
+
+    Args:
+        step: the step function; `inputs_t` is a tuple with one `(batch, ...)` slice of each
+            entry of `sequences`.
+        sequences: tuple of time-major tensors `(time, batch, ...)`.
+        initial_carry: the carry before the first step.
+        reverse: run from the last step to the first (outputs stay in time order).
+
+    Returns:
+        `(final_carry, outputs)`, outputs `(time, batch, ...)`.
+    """
+    time_steps = sequences[0].shape[0]
+    block = _block_size(time_steps)
+    if time_steps is None:
+        time_steps = tf.shape(sequences[0])[0]
+    blocks = time_steps // block
+    # (blocks, block, batch, ...): iteration i reads block i.
+    blocked = [tf.reshape(x, tf.concat([[blocks, block], tf.shape(x)[1:]], 0))
+               for x in sequences]
+    outputs = tf.TensorArray(sequences[0].dtype, size=blocks, infer_shape=False)
+    order = list(range(block))[::-1] if reverse else list(range(block))
+
+    def body(i, carry, outputs):
+        index = blocks - 1 - i if reverse else i
+        inputs = [x[index] for x in blocked]
+        results = [None] * block
+        for j in order:
+            carry, results[j] = step(carry, tuple(x[j] for x in inputs))
+        return i + 1, carry, outputs.write(index, tf.stack(results))
+
+    _, carry, outputs = tf.while_loop(lambda i, *_: i < blocks, body,
+                                      (tf.constant(0), initial_carry, outputs),
+                                      maximum_iterations=blocks)
+    stacked = outputs.stack()  # (blocks, block, batch, ...)
+    return carry, tf.reshape(stacked, tf.concat([[blocks * block], tf.shape(stacked)[2:]], 0))
+
+
+def _derivative_from_states(activation, states):
+    """f'(a_t) written with s_t = f(a_t) where f allows it, else None. At a masked step s_t is
+    the carried state, not f(a_t), but the backward pass multiplies f' there by 0."""
+    name = getattr(activation, "__name__", "")
+    if name == "tanh":
+        return 1 - tf.square(states)
+    if name == "sigmoid":
+        return states * (1 - states)
+    if name == "relu":
+        return tf.cast(states > 0, states.dtype)
+    if name == "linear":
+        return tf.ones_like(states)
+    return None
+
+
 def _recurrence(projected, initial_state, W, step_mask, activation):
     """Runs `s_t = f(p_t + s_{t-1} W)` over time, with a hand-written BPTT.
 
@@ -35,41 +101,52 @@ def _recurrence(projected, initial_state, W, step_mask, activation):
     @tf.custom_gradient
     def run(projected, initial_state, W):
         if step_mask is None:
-            def step(state, p):
-                return activation(p + tf.matmul(state, W))
+            def step(state, inputs):
+                state = activation(inputs[0] + tf.matmul(state, W))
+                return state, state
 
-            states = tf.scan(step, projected, initializer=initial_state)
+            _, states = _scan_blocks(step, (projected,), initial_state)
         else:
             def step(state, inputs):
                 p, keep = inputs
-                return keep * activation(p + tf.matmul(state, W)) + (1 - keep) * state
+                state = keep * activation(p + tf.matmul(state, W)) + (1 - keep) * state
+                return state, state
 
-            states = tf.scan(step, (projected, step_mask), initializer=initial_state)
+            _, states = _scan_blocks(step, (projected, step_mask), initial_state)
+        states.set_shape(projected.shape)
 
         def gradient(d_states):
             previous = tf.concat([initial_state[None], states[:-1]], axis=0)  # s_{t-1}
-            # The pre-activations, recomputed for all steps in one product.
-            pre_activation = projected + tf.einsum("tbu,uv->tbv", previous, W)
-            with tf.GradientTape() as tape:
-                tape.watch(pre_activation)
-                activated = activation(pre_activation)
-            derivative = tape.gradient(activated, pre_activation)  # f'(a_t)
+            derivative = _derivative_from_states(activation, states)  # f'(a_t)
+            if derivative is None:
+                # The pre-activations, recomputed for all steps in one product.
+                pre_activation = projected + tf.einsum("tbu,uv->tbv", previous, W)
+                with tf.GradientTape() as tape:
+                    tape.watch(pre_activation)
+                    activated = activation(pre_activation)
+                derivative = tape.gradient(activated, pre_activation)
             W_transposed = tf.transpose(W)
-            keep = tf.ones_like(projected[..., :1]) if step_mask is None else step_mask
+            if step_mask is None:
+                def back(d_state, inputs):
+                    # d_state: dL/ds_t through the future; returns dL/ds_{t-1} and dL/da_t.
+                    d_output, f_prime = inputs
+                    d_pre = (d_output + d_state) * f_prime
+                    return tf.matmul(d_pre, W_transposed), d_pre
 
-            def back(carry, inputs):
-                # carry[0]: dL/ds_t through the future; returns dL/ds_{t-1} and dL/da_t.
-                d_state, d_pre = carry
-                d_output, f_prime, keep_t = inputs
-                total = d_output + d_state
-                d_pre = keep_t * total * f_prime
-                return (1 - keep_t) * total + tf.matmul(d_pre, W_transposed), d_pre
+                d_initial, d_pre = _scan_blocks(back, (d_states, derivative),
+                                                tf.zeros_like(initial_state), reverse=True)
+            else:
+                def back(d_state, inputs):
+                    d_output, f_prime, keep = inputs
+                    total = d_output + d_state
+                    d_pre = keep * total * f_prime
+                    return (1 - keep) * total + tf.matmul(d_pre, W_transposed), d_pre
 
-            zeros = tf.zeros_like(initial_state)
-            d_previous, d_pre = tf.scan(back, (d_states, derivative, keep),
-                                        initializer=(zeros, zeros), reverse=True)
+                d_initial, d_pre = _scan_blocks(back, (d_states, derivative, step_mask),
+                                                tf.zeros_like(initial_state), reverse=True)
+            d_pre = tf.reshape(d_pre, tf.shape(projected))
             d_W = tf.einsum("tbu,tbv->uv", previous, d_pre)
-            return d_pre, d_previous[0], d_W
+            return d_pre, d_initial, d_W
 
         return states, gradient
 

@@ -62,6 +62,7 @@ CELLS = {
     "relu+V": {"activation": "relu", "output_units": 3},
     "sigmoid+softmax V": {"activation": "sigmoid", "output_units": 3,
                           "output_activation": "softmax"},
+    "elu (f' recomputed)": {"activation": "elu", "output_units": 2},
     "no biases": {"use_bias": False, "output_units": 2, "use_output_bias": False},
 }
 LAYERS = {
@@ -179,3 +180,21 @@ def test_bptt_sees_every_step_of_the_fast_layer():
         fast, _inputs(True), targets)
     np.testing.assert_allclose(report.gradient_norms, expected.gradient_norms, rtol=1e-5)
     assert fast.layers[-1].fast_path is True  # switched back on after the inspection
+
+
+@pytest.mark.parametrize("time_steps", [16, 12, 10])  # blocks of 8, 4 and 2 steps per iteration
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+def test_several_steps_per_loop_iteration(time_steps, masked):
+    rng = np.random.default_rng(3)
+    inputs = rng.normal(size=(2, time_steps, FEATURES)).astype("float32")
+    if masked:
+        inputs[0, time_steps - 5:] = 0.0
+    models = []
+    for layer_class in (keras.layers.RNN, ElmanRNN):
+        sequences = keras.Input((time_steps, FEATURES))
+        hidden = keras.layers.Masking()(sequences) if masked else sequences
+        layer = keras.layers.Bidirectional(layer_class(ElmanCell(5, output_units=3),
+                                                       return_sequences=True))
+        models.append(keras.Model(sequences, layer(hidden)))
+    models[1].set_weights(models[0].get_weights())
+    _assert_same(*models, inputs)
