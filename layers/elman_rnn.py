@@ -15,18 +15,12 @@ _ELEMENTWISE = {"tanh", "relu", "sigmoid", "linear", "elu", "selu", "softplus", 
 
 
 # Steps run per iteration of the graph loop: each iteration of a TensorFlow while loop costs
-# tens of microseconds of bookkeeping, more than the step itself for small batches.
+# tens of microseconds of bookkeeping, more than the step itself for small batches. Sequences
+# are padded with masked steps to a multiple of it.
 _STEPS_PER_ITERATION = 8
 
 
-def _block_size(time_steps):
-    """The largest of 8, 4, 2, 1 that divides the (static) number of steps."""
-    if time_steps is None:
-        return 1
-    return next(size for size in (_STEPS_PER_ITERATION, 4, 2, 1) if time_steps % size == 0)
-
-
-def _scan_blocks(step, sequences, initial_carry, reverse=False):
+def _scan_blocks(step, sequences, initial_carry, reverse=False, block=_STEPS_PER_ITERATION):
     """Runs `carry, output = step(carry, inputs_t)` over time, several steps per loop iteration.
 
     Args:
@@ -35,15 +29,12 @@ def _scan_blocks(step, sequences, initial_carry, reverse=False):
         sequences: tuple of time-major tensors `(time, batch, ...)`.
         initial_carry: the carry before the first step.
         reverse: run from the last step to the first (outputs stay in time order).
+        block: steps per loop iteration; it must divide the number of steps.
 
     Returns:
         `(final_carry, outputs)`, outputs `(time, batch, ...)`.
     """
-    time_steps = sequences[0].shape[0]
-    block = _block_size(time_steps)
-    if time_steps is None:
-        time_steps = tf.shape(sequences[0])[0]
-    blocks = time_steps // block
+    blocks = tf.shape(sequences[0])[0] // block
     # (blocks, block, batch, ...): iteration i reads block i.
     blocked = [tf.reshape(x, tf.concat([[blocks, block], tf.shape(x)[1:]], 0))
                for x in sequences]
@@ -150,7 +141,19 @@ def _recurrence(projected, initial_state, W, step_mask, activation):
 
         return states, gradient
 
-    return run(projected, initial_state, W)
+    # Padding to a whole number of blocks: the extra steps are masked, so they keep the state
+    # and the gradient passes through them unchanged.
+    time_steps = tf.shape(projected)[0]
+    static_steps = projected.shape[0]
+    if static_steps is not None and static_steps % _STEPS_PER_ITERATION == 0:
+        return run(projected, initial_state, W)
+    extra = (-time_steps) % _STEPS_PER_ITERATION
+    if step_mask is None:
+        step_mask = tf.ones_like(projected[..., :1])
+    # `run` reads this padded mask (it is called below).
+    step_mask = tf.pad(step_mask, [[0, extra], [0, 0], [0, 0]])
+    states = run(tf.pad(projected, [[0, extra], [0, 0], [0, 0]]), initial_state, W)
+    return states[:time_steps]
 
 
 @keras.saving.register_keras_serializable(package="elman")

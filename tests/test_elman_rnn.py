@@ -139,6 +139,18 @@ def test_falls_back_to_the_plain_loop(case, monkeypatch):
     assert not calls  # the plain loop ran
 
 
+def test_dynamic_time_dimension():
+    layer = ElmanRNN(ElmanCell(4, output_units=2), return_sequences=True)
+    reference = keras.layers.RNN(ElmanCell(4, output_units=2), return_sequences=True)
+    inputs = keras.Input((None, FEATURES))
+    models = [keras.Model(inputs, reference(inputs)), keras.Model(inputs, layer(inputs))]
+    models[1].set_weights(models[0].get_weights())
+    for time_steps in (1, 9, 16):
+        sequences = np.random.default_rng(time_steps).normal(
+            size=(2, time_steps, FEATURES)).astype("float32")
+        _assert_same(*models, sequences)
+
+
 def test_the_fast_path_is_taken(monkeypatch):
     import elman.layers.elman_rnn as module
 
@@ -182,7 +194,8 @@ def test_bptt_sees_every_step_of_the_fast_layer():
     assert fast.layers[-1].fast_path is True  # switched back on after the inspection
 
 
-@pytest.mark.parametrize("time_steps", [16, 12, 10])  # blocks of 8, 4 and 2 steps per iteration
+# 16: two whole blocks of 8 steps per loop iteration; 12 and 10: padded with masked steps.
+@pytest.mark.parametrize("time_steps", [16, 12, 10])
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
 def test_several_steps_per_loop_iteration(time_steps, masked):
     rng = np.random.default_rng(3)

@@ -4,7 +4,7 @@ The model reads a review word by word with Elman cells in both directions and po
 
     review (string)
       -> standardize_review: valid UTF-8, lower case, no HTML line breaks, no punctuation
-      -> TextVectorization: word ids, padded or cut to `sequence_length`   # (batch, time)
+      -> TextVectorization: word ids, cut to `sequence_length`             # (batch, time)
       -> Embedding, masking the padding                                    # (batch, time, embedding_dim)
       -> Bidirectional(ElmanRNN(ElmanCell)), every state s_t             # (batch, time, 2 * hidden_units)
       -> StatePooling: max and mean of s_t over the review's words         # (batch, 4 * hidden_units)
@@ -109,7 +109,7 @@ def standardize_review(review):
 def _vectorizer(config, vocabulary=None):
     return keras.layers.TextVectorization(
         max_tokens=config.vocabulary_size, standardize=standardize_review,
-        output_sequence_length=config.sequence_length, vocabulary=vocabulary, name="vectorize")
+        vocabulary=vocabulary, name="vectorize")
 
 
 def load_data(config):
@@ -154,7 +154,11 @@ def build_model(config, data, recurrent_layer=None):
             train in exactly the same pipeline.
     """
     review = keras.Input(shape=(), dtype="string", name="review")
-    word_ids = _vectorizer(config, data.vocabulary)(review)  # (batch, time)
+    # Padded to the longest review of the batch, then cut to `sequence_length`: a short review
+    # served alone runs a few steps, not `sequence_length` masked ones (same result).
+    word_ids = _vectorizer(config, data.vocabulary)(review)  # (batch, longest review)
+    # One padding id more keeps at least one (masked) step when every review is empty.
+    word_ids = keras.ops.pad(word_ids, [[0, 0], [0, 1]])[:, :config.sequence_length]
     embedded = keras.layers.Embedding(len(data.vocabulary), config.embedding_dim,
                                       mask_zero=True, name="embed")(word_ids)
     embedded = keras.layers.SpatialDropout1D(config.embedding_dropout)(embedded)
