@@ -89,6 +89,8 @@ def _recurrence(projected, initial_state, W, step_mask, activation):
         `(time, batch, units)`: the state after every step.
     """
 
+    block = _STEPS_PER_ITERATION
+
     @tf.custom_gradient
     def run(projected, initial_state, W):
         if step_mask is None:
@@ -96,14 +98,14 @@ def _recurrence(projected, initial_state, W, step_mask, activation):
                 state = activation(inputs[0] + tf.matmul(state, W))
                 return state, state
 
-            _, states = _scan_blocks(step, (projected,), initial_state)
+            _, states = _scan_blocks(step, (projected,), initial_state, block=block)
         else:
             def step(state, inputs):
                 p, keep = inputs
                 state = keep * activation(p + tf.matmul(state, W)) + (1 - keep) * state
                 return state, state
 
-            _, states = _scan_blocks(step, (projected, step_mask), initial_state)
+            _, states = _scan_blocks(step, (projected, step_mask), initial_state, block=block)
         states.set_shape(projected.shape)
 
         def gradient(d_states):
@@ -125,7 +127,8 @@ def _recurrence(projected, initial_state, W, step_mask, activation):
                     return tf.matmul(d_pre, W_transposed), d_pre
 
                 d_initial, d_pre = _scan_blocks(back, (d_states, derivative),
-                                                tf.zeros_like(initial_state), reverse=True)
+                                                tf.zeros_like(initial_state), reverse=True,
+                                                block=block)
             else:
                 def back(d_state, inputs):
                     d_output, f_prime, keep = inputs
@@ -134,7 +137,8 @@ def _recurrence(projected, initial_state, W, step_mask, activation):
                     return (1 - keep) * total + tf.matmul(d_pre, W_transposed), d_pre
 
                 d_initial, d_pre = _scan_blocks(back, (d_states, derivative, step_mask),
-                                                tf.zeros_like(initial_state), reverse=True)
+                                                tf.zeros_like(initial_state), reverse=True,
+                                                block=block)
             d_pre = tf.reshape(d_pre, tf.shape(projected))
             d_W = tf.einsum("tbu,tbv->uv", previous, d_pre)
             return d_pre, d_initial, d_W
@@ -145,8 +149,13 @@ def _recurrence(projected, initial_state, W, step_mask, activation):
     # and the gradient passes through them unchanged.
     time_steps = tf.shape(projected)[0]
     static_steps = projected.shape[0]
-    if static_steps is not None and static_steps % _STEPS_PER_ITERATION == 0:
-        return run(projected, initial_state, W)
+    if static_steps is not None:
+        # A known length with a divisor from 4 to 8 needs no padding.
+        divisor = next(size for size in range(_STEPS_PER_ITERATION, 0, -1)
+                       if static_steps % size == 0)
+        if divisor >= 4:
+            block = divisor
+            return run(projected, initial_state, W)
     extra = (-time_steps) % _STEPS_PER_ITERATION
     if step_mask is None:
         step_mask = tf.ones_like(projected[..., :1])

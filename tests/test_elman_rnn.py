@@ -194,7 +194,7 @@ def test_bptt_sees_every_step_of_the_fast_layer():
     assert fast.layers[-1].fast_path is True  # switched back on after the inspection
 
 
-# 16: two whole blocks of 8 steps per loop iteration; 12 and 10: padded with masked steps.
+# 16, 12, 10: blocks of 8, 6 and 5 steps per loop iteration (a dynamic length is padded).
 @pytest.mark.parametrize("time_steps", [16, 12, 10])
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
 def test_several_steps_per_loop_iteration(time_steps, masked):
