@@ -176,17 +176,6 @@ def _resolve_config(app, args):
     return config
 
 
-def _run_config(app, run_dir, data_dir):
-    from elman.config import apply_overrides, load_config
-
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no config at {path}: train first with "
-                                f"`elman train {app.NAME} --run-dir {run_dir}`")
-    config = load_config(app.Config, path, app.NAME)
-    return apply_overrides(config, [f"data_dir={data_dir}"]) if data_dir else config
-
-
 def _print_prediction(app, inputs, base_dir, version=None):
     from elman import export
 
@@ -238,10 +227,6 @@ def _bptt(args):
     config = ExperimentConfig(lengths=tuple(args.lengths), settings=tuple(args.settings),
                               steps=args.steps, units=args.units, batch_size=args.batch_size,
                               learning_rate=args.learning_rate, seed=args.seed)
-    for name in ("steps", "units", "batch_size"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, "
-                             f"received {getattr(config, name)}")
     run_experiment(args.name, config, args.output or Path("runs") / f"bptt-{args.name}")
 
 
@@ -271,7 +256,7 @@ def dispatch(args):
                        command=args.command_line)
         print(f"[elman] {app.NAME}: model saved to {run_dir / 'model.keras'}")
     elif args.command == "evaluate":
-        config = _run_config(app, run_dir, args.data_dir)
+        config = training.load_run_config(app, run_dir, args.data_dir)
         model = training.load_trained_model(app, run_dir)
         metrics = training.evaluate(app, model, app.load_data(config), run_dir)
         print(f"[elman] {app.NAME}: test " + ", ".join(f"{k}={v:.4f}"

@@ -101,6 +101,19 @@ def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbo
     return model, history
 
 
+def load_run_config(app, run_dir, data_dir=None):
+    """The config a run was trained with (`RUN_DIR/config.json`), with another data directory
+    if `data_dir` is given."""
+    from elman.config import apply_overrides, load_config
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config at {path}: train first with "
+                                f"`elman train {app.NAME} --run-dir {run_dir}`")
+    config = load_config(app.Config, path, app.NAME)
+    return apply_overrides(config, [f"data_dir={data_dir}"]) if data_dir else config
+
+
 def load_trained_model(app, run_dir):
     """Loads `RUN_DIR/model.keras`, with a clear error when the run has not finished."""
     path = Path(run_dir) / "model.keras"

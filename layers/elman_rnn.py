@@ -89,7 +89,23 @@ def _recurrence(projected, initial_state, W, step_mask, activation):
         `(time, batch, units)`: the state after every step.
     """
 
-    block = _STEPS_PER_ITERATION
+    # A known length with a divisor from 4 to 8 runs in blocks of that size as it is; any other
+    # length is padded to whole blocks of 8 with masked steps, which keep the state and pass the
+    # gradient through unchanged.
+    time_steps = tf.shape(projected)[0]
+    static_steps = projected.shape[0]
+    block = None
+    if static_steps is not None:
+        block = next(size for size in range(_STEPS_PER_ITERATION, 0, -1)
+                     if static_steps % size == 0)
+    padding = None
+    if block is None or block < 4:
+        block = _STEPS_PER_ITERATION
+        padding = [[0, (-time_steps) % block], [0, 0], [0, 0]]
+        if step_mask is None:
+            step_mask = tf.ones_like(projected[..., :1])
+        step_mask = tf.pad(step_mask, padding)
+        projected = tf.pad(projected, padding)
 
     @tf.custom_gradient
     def run(projected, initial_state, W):
@@ -145,24 +161,8 @@ def _recurrence(projected, initial_state, W, step_mask, activation):
 
         return states, gradient
 
-    # Padding to a whole number of blocks: the extra steps are masked, so they keep the state
-    # and the gradient passes through them unchanged.
-    time_steps = tf.shape(projected)[0]
-    static_steps = projected.shape[0]
-    if static_steps is not None:
-        # A known length with a divisor from 4 to 8 needs no padding.
-        divisor = next(size for size in range(_STEPS_PER_ITERATION, 0, -1)
-                       if static_steps % size == 0)
-        if divisor >= 4:
-            block = divisor
-            return run(projected, initial_state, W)
-    extra = (-time_steps) % _STEPS_PER_ITERATION
-    if step_mask is None:
-        step_mask = tf.ones_like(projected[..., :1])
-    # `run` reads this padded mask (it is called below).
-    step_mask = tf.pad(step_mask, [[0, extra], [0, 0], [0, 0]])
-    states = run(tf.pad(projected, [[0, extra], [0, 0], [0, 0]]), initial_state, W)
-    return states[:time_steps]
+    states = run(projected, initial_state, W)
+    return states if padding is None else states[:time_steps]
 
 
 @keras.saving.register_keras_serializable(package="elman")

@@ -418,7 +418,7 @@ def inspect_run(run_dir, data_dir=None, output=None, batch_size=None):
 
     from elman import training
     from elman.apps import get_app
-    from elman.config import apply_overrides, load_config
+    from elman.config import apply_overrides
 
     run_dir = Path(run_dir)
     path = run_dir / "config.json"
@@ -426,9 +426,7 @@ def inspect_run(run_dir, data_dir=None, output=None, batch_size=None):
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json): give the "
                                 "folder `elman train` wrote, e.g. runs/imdb")
     app = get_app(json.loads(path.read_text()).get("app", ""))
-    config = load_config(app.Config, path, app.NAME)
-    if data_dir:
-        config = apply_overrides(config, [f"data_dir={data_dir}"])
+    config = training.load_run_config(app, run_dir, data_dir)
     if batch_size:
         config = apply_overrides(config, [f"batch_size={batch_size}"])
     model = training.load_trained_model(app, run_dir)

@@ -129,6 +129,10 @@ def run_experiment(experiment, config, output_dir, log=print):
         raise ValueError(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
     if any(length < 2 for length in config.lengths):
         raise ValueError(f"lengths must be integers >= 2, received {config.lengths}")
+    for name in ("steps", "units", "batch_size"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be a positive integer, "
+                             f"received {name}={getattr(config, name)}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "results.json"
@@ -175,6 +179,12 @@ def _cell(result):
     return f"{result['score']:.4f}"
 
 
+def _row(results, setting, config, missing):
+    """One setting's cells, one per length."""
+    return [_cell(results[_key(setting, n)]) if _key(setting, n) in results else missing
+            for n in config.lengths]
+
+
 def format_table(experiment, results, config):
     """The results as a text table: settings as rows, lengths as columns."""
     metric = ("test MSE (always answering 1: 0.167)" if experiment == "adding"
@@ -183,18 +193,16 @@ def format_table(experiment, results, config):
              f"{config.units} units",
              f"{'setting':14s}" + "".join(f"{'T=' + str(n):>10s}" for n in config.lengths)]
     for setting in config.settings:
-        cells = [_cell(results[_key(setting, n)]) if _key(setting, n) in results else "-"
-                 for n in config.lengths]
-        lines.append(f"{setting:14s}" + "".join(f"{c:>10s}" for c in cells))
+        lines.append(f"{setting:14s}" + "".join(f"{c:>10s}"
+                                                for c in _row(results, setting, config, "-")))
     return "\n".join(lines)
 
 
 def table_csv(results, config):
     rows = ["setting,description," + ",".join(str(n) for n in config.lengths)]
     for setting in config.settings:
-        cells = [_cell(results[_key(setting, n)]) if _key(setting, n) in results else ""
-                 for n in config.lengths]
-        rows.append(f"{setting},{SETTINGS[setting].description}," + ",".join(cells))
+        rows.append(f"{setting},{SETTINGS[setting].description},"
+                    + ",".join(_row(results, setting, config, "")))
     return "\n".join(rows) + "\n"
 
 
