@@ -5,6 +5,7 @@ The model reads a review word by word with Elman cells in both directions and po
     review (string)
       -> standardize_review: valid UTF-8, lower case, no HTML line breaks, no punctuation
       -> TextVectorization: word ids, cut to `sequence_length`             # (batch, time)
+      -> WordDropout (training only): some words become the unknown word
       -> Embedding, masking the padding                                    # (batch, time, embedding_dim)
       -> Bidirectional(ElmanRNN(ElmanCell)), every state s_t             # (batch, time, 2 * hidden_units)
       -> StatePooling: max and mean of s_t over the review's words         # (batch, 4 * hidden_units)
@@ -24,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from elman.datasets.imdb import load_imdb
-from elman.layers import ElmanCell, ElmanRNN, StatePooling
+from elman.layers import ElmanCell, ElmanRNN, StatePooling, WordDropout
 
 NAME = "imdb"
 # The metric that checkpoints, early stopping and the tuner maximize.
@@ -47,23 +48,25 @@ class Config:
     # Words kept in the vocabulary (the most frequent ones in the training reviews).
     vocabulary_size: int = 30000
     # Words read per review; longer reviews are cut, shorter ones padded and masked.
-    sequence_length: int = 400
+    sequence_length: int = 800
     embedding_dim: int = 64
     # Size of the Elman state s_t in each direction.
     hidden_units: int = 64
     # f, the state activation of the cell.
     activation: str = "tanh"
     bidirectional: bool = True
-    # Dropout of whole embedding channels, and before the classifier.
+    # Training only: the probability of replacing a word by the out-of-vocabulary id (whole-word
+    # dropout), of dropping whole embedding channels, and dropout before the classifier.
+    word_dropout: float = 0.25
     embedding_dropout: float = 0.3
     dropout: float = 0.5
     learning_rate: float = 1e-3
     # Gradient clipping by global norm (0 disables it): BPTT over 400 steps can explode.
     clipnorm: float = 1.0
     batch_size: int = 64
-    epochs: int = 4
+    epochs: int = 8
     # Epochs without improvement of MONITOR before early stopping.
-    patience: int = 1
+    patience: int = 2
     seed: int = 0
 
 
@@ -80,6 +83,7 @@ def search_space(hp, config):
         embedding_dim=hp.Choice("embedding_dim", [32, 64, 128]),
         learning_rate=hp.Float("learning_rate", 3e-4, 3e-3, sampling="log"),
         dropout=hp.Float("dropout", 0.2, 0.6, step=0.1),
+        word_dropout=hp.Float("word_dropout", 0.0, 0.4, step=0.1),
         clipnorm=hp.Choice("clipnorm", [0.5, 1.0, 5.0]),
     )
 
@@ -159,6 +163,7 @@ def build_model(config, data, recurrent_layer=None):
     word_ids = _vectorizer(config, data.vocabulary)(review)  # (batch, longest review)
     # One padding id more keeps at least one (masked) step when every review is empty.
     word_ids = keras.ops.pad(word_ids, [[0, 0], [0, 1]])[:, :config.sequence_length]
+    word_ids = WordDropout(config.word_dropout, seed=config.seed, name="word_dropout")(word_ids)
     embedded = keras.layers.Embedding(len(data.vocabulary), config.embedding_dim,
                                       mask_zero=True, name="embed")(word_ids)
     embedded = keras.layers.SpatialDropout1D(config.embedding_dropout)(embedded)
