@@ -11,6 +11,7 @@ import importlib
 # An explicit table rather than registration magic: adding an app is one line here.
 APP_MODULES = {
     "imdb": "elman.apps.imdb.model",  # many-to-one: review text -> sentiment
+    "translation": "elman.apps.translation.model",  # many-to-many: sentence -> sentence
 }
 
 

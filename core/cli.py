@@ -22,6 +22,9 @@ examples:
   elman train imdb --config runs/imdb-tune/best_config.json
   elman export imdb                            saved_models/imdb/<next version>/
   elman predict imdb "A wonderful film."       run the exported model
+  elman train translation --set direction=spa-eng
+  elman evaluate translation                   BLEU and chrF, greedy and beam search
+  elman translate "Where is the station?" --beam-width 4
   elman train imdb --bptt                      also log BPTT gradient figures to TensorBoard
   elman bptt inspect runs/imdb                 gradient norm per step of a trained run (PNG)
   elman bptt experiment adding                 the adding problem across lengths and settings
@@ -107,6 +110,17 @@ def build_parser():
     predict.add_argument("--version", type=int, help="version number (default: the latest)")
     _add_base_dir(predict)
 
+    translate = commands.add_parser(
+        "translate", help="translate sentences with the exported translation model",
+        description="Load the latest (or --version) SavedModel of the translation app and "
+        "translate each sentence: greedily (signature serving_default), or with beam search "
+        "(signature beam_search) when --beam-width is above 1.")
+    translate.add_argument("inputs", nargs="+", metavar="sentence")
+    translate.add_argument("--beam-width", type=int, default=1,
+                           help="1: greedy; more: beam search with that many beams (default: 1)")
+    translate.add_argument("--version", type=int, help="version number (default: the latest)")
+    _add_base_dir(translate)
+
     demo = commands.add_parser("demo", help="train, export and predict with every app",
                                description="The main job: for every app, train (the SMOKE "
                                "preset on the shipped sample, or the full config when "
@@ -176,10 +190,11 @@ def _resolve_config(app, args):
     return config
 
 
-def _print_prediction(app, inputs, base_dir, version=None):
+def _print_prediction(app, inputs, base_dir, version=None, signature="serving_default",
+                      **extra):
     from elman import export
 
-    outputs, version = export.predict(app, inputs, base_dir, version)
+    outputs, version = export.predict(app, inputs, base_dir, version, signature, **extra)
     print(f"[elman] {app.NAME}: predictions of {base_dir / app.NAME / str(version)}")
     for line in app.describe_prediction(inputs, outputs):
         print("  " + line)
@@ -204,8 +219,8 @@ def _demo(args):
         data = app.load_data(config)
         model, _ = training.train(app, config, run_dir, data=data, verbose=2,
                                   command=args.command_line)
-        metrics = training.evaluate(app, model, data, run_dir)
-        print(f"[elman] {name}: test " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        metrics = training.evaluate(app, model, data, run_dir, config)
+        print(f"[elman] {name}: test " + training.format_metrics(metrics))
         path = export.export(app, model, args.base_dir)
         print(f"[elman] {name}: exported {path}")
         _print_prediction(app, app.EXAMPLES, args.base_dir)
@@ -235,6 +250,16 @@ def dispatch(args):
         return _demo(args)
     if args.command == "bptt":
         return _bptt(args)
+    if args.command == "translate":
+        from elman.apps import get_app
+
+        if args.beam_width < 1:
+            raise ValueError(f"--beam-width must be at least 1, received {args.beam_width}")
+        if args.beam_width == 1:
+            return _print_prediction(get_app("translation"), args.inputs, args.base_dir,
+                                     args.version)
+        return _print_prediction(get_app("translation"), args.inputs, args.base_dir,
+                                 args.version, "beam_search", beam_width=args.beam_width)
 
     from elman import export, training
     from elman.apps import get_app
@@ -258,9 +283,8 @@ def dispatch(args):
     elif args.command == "evaluate":
         config = training.load_run_config(app, run_dir, args.data_dir)
         model = training.load_trained_model(app, run_dir)
-        metrics = training.evaluate(app, model, app.load_data(config), run_dir)
-        print(f"[elman] {app.NAME}: test " + ", ".join(f"{k}={v:.4f}"
-                                                     for k, v in metrics.items()))
+        metrics = training.evaluate(app, model, app.load_data(config), run_dir, config)
+        print(f"[elman] {app.NAME}: test " + training.format_metrics(metrics))
     elif args.command == "tune":
         from elman import tuning
 

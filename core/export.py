@@ -76,10 +76,17 @@ def load_saved_model(app_name, base_dir=DEFAULT_BASE_DIR, version=None):
     return tf.saved_model.load(str(app_dir / str(version))), version
 
 
-def predict(app, inputs, base_dir=DEFAULT_BASE_DIR, version=None, signature="serving_default"):
-    """Runs the exported model's signature on command-line inputs; returns `(outputs, version)`."""
+def predict(app, inputs, base_dir=DEFAULT_BASE_DIR, version=None, signature="serving_default",
+            **extra):
+    """Runs the exported model's signature on command-line inputs; returns `(outputs, version)`.
+
+    `extra` holds more inputs of the signature, e.g. `beam_width=4`."""
     loaded, version = load_saved_model(app.NAME, base_dir, version)
     if signature not in loaded.signatures:
         raise ValueError(f"signature must be one of {sorted(loaded.signatures)}, "
                          f"received signature={signature!r}")
-    return loaded.signatures[signature](**app.prediction_request(inputs)), version
+    function = loaded.signatures[signature]
+    request = app.prediction_request(inputs)
+    for name, value in extra.items():
+        request[name] = tf.constant(value, function.structured_input_signature[1][name].dtype)
+    return function(**request), version

@@ -123,10 +123,23 @@ def load_trained_model(app, run_dir):
     return keras.saving.load_model(path)
 
 
-def evaluate(app, model, data, run_dir=None):
-    """Evaluates on the test split; writes `evaluation.json` into `run_dir` if given."""
+def evaluate(app, model, data, run_dir=None, config=None):
+    """Evaluates on the test split; writes `evaluation.json` into `run_dir` if given.
+
+    Besides the compiled metrics, an app may define `evaluation_report(model, data, run_dir,
+    config)` returning more figures (BLEU for translation, SSIM for frames...); they are added
+    under the key `report`.
+    """
     metrics = model.evaluate(data.test, return_dict=True, verbose=0)
     metrics = {key: float(value) for key, value in metrics.items()}
+    if hasattr(app, "evaluation_report"):
+        metrics["report"] = app.evaluation_report(model, data, run_dir, config)
     if run_dir is not None:
         (Path(run_dir) / "evaluation.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def format_metrics(metrics):
+    """`key=value` for the numeric metrics of `evaluate`, for one line of console output."""
+    return ", ".join(f"{key}={value:.4f}" for key, value in metrics.items()
+                     if isinstance(value, float))

@@ -1,0 +1,1 @@
+"""Translation: an Elman encoder-decoder with attention, English <-> Spanish."""

@@ -1,0 +1,659 @@
+"""Translation, many-to-many: an English sentence in, its Spanish translation out (or back).
+
+An Elman encoder reads the source sentence in both directions; an Elman decoder writes the
+translation word by word, starting from a state made of the encoder's final states, and looks
+back at every encoder state through attention (Luong et al., 2015, "general" scoring):
+
+    source (string)
+      -> standardize_sentence, TextVectorization: word ids               # (batch, source_time)
+      -> Embedding, Bidirectional(ElmanRNN(ElmanCell)): every state      # (batch, source_time, 2 * units)
+         and the two final states -> Dense(tanh): the decoder's s_0      # (batch, units)
+    target (string, teacher forcing in training)
+      -> "[start] ... [end]" word ids, shifted right                    # (batch, target_time)
+      -> Embedding, ElmanRNN(ElmanCell) from s_0: decoder states s_t    # (batch, target_time, units)
+      -> attention of each s_t over the encoder states: context c_t     # (batch, target_time, 2 * units)
+      -> Dense(tanh) of [s_t, c_t], Dense: logits of the next word      # (batch, target_time, vocabulary)
+
+Training uses teacher forcing (the decoder reads the reference's previous word) and a loss
+masked to the reference's words. Translating runs the decoder one step at a time from "[start]"
+until "[end]" or `max_target_length` words, greedily or with beam search, in graph loops bounded
+by tensors, so the exported SavedModel translates raw strings by itself:
+`serving_default` (greedy) and `beam_search` (any beam width).
+
+The app contract the shared core relies on: `NAME`, `Config`, `SMOKE`, `MONITOR`, `EXAMPLES`,
+`load_data`, `build_model`, `search_space`, `export_signatures`, `prediction_request`,
+`describe_prediction` and `evaluation_report`.
+"""
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from elman.datasets.anki import load_anki, split_by_source
+from elman.layers import ElmanCell, ElmanRNN
+
+NAME = "translation"
+# The metric that checkpoints, early stopping and the tuner maximize: the share of the
+# reference's next words predicted right under teacher forcing.
+MONITOR = "val_accuracy"
+DIRECTIONS = ("eng-spa", "spa-eng")
+START, END = "[start]", "[end]"
+# What `elman demo` shows the exported model.
+EXAMPLES = ("I love you.", "Where is the train station?", "Tom is reading a book.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # Where the data is: empty means $ELMAN_DATA_DIR, and without it the shipped sample.
+    data_dir: str = ""
+    # eng-spa: English to Spanish; spa-eng: Spanish to English.
+    direction: str = "eng-spa"
+    # Shares of the distinct source sentences held out (all translations of a sentence go to
+    # the same split).
+    validation_fraction: float = 0.05
+    test_fraction: float = 0.05
+    # Words kept in each vocabulary (the most frequent ones in the training pairs).
+    source_vocabulary_size: int = 15000
+    target_vocabulary_size: int = 15000
+    # Words read from a source sentence (longer ones are cut), and the longest translation
+    # written (also the longest target trained on), not counting "[start]" and "[end]".
+    max_source_length: int = 40
+    max_target_length: int = 40
+    embedding_dim: int = 256
+    # Size of the Elman state: the decoder's, and the encoder's in each direction.
+    hidden_units: int = 256
+    # f, the state activation of the cells.
+    activation: str = "tanh"
+    # Dropout of the embeddings and of the attentional state before the output layer.
+    dropout: float = 0.2
+    learning_rate: float = 1e-3
+    # Gradient clipping by global norm (0 disables it).
+    clipnorm: float = 1.0
+    batch_size: int = 64
+    epochs: int = 10
+    # Epochs without improvement of MONITOR before early stopping.
+    patience: int = 2
+    # Beam search: the width `elman evaluate` reports beside greedy decoding, and the length
+    # penalty alpha (scores divided by length ** alpha; 0 favours short translations).
+    beam_width: int = 4
+    length_penalty: float = 0.6
+    seed: int = 0
+
+
+# A tiny preset for tests and the default run: seconds, not minutes.
+SMOKE = Config(source_vocabulary_size=2000, target_vocabulary_size=2000, max_source_length=20,
+               max_target_length=20, embedding_dim=32, hidden_units=32, batch_size=32,
+               epochs=2, validation_fraction=0.1, test_fraction=0.1)
+
+
+def search_space(hp, config):
+    """The tuner's search space: returns `config` with the searched values set from `hp`."""
+    return dataclasses.replace(
+        config,
+        hidden_units=hp.Choice("hidden_units", [128, 256, 512]),
+        embedding_dim=hp.Choice("embedding_dim", [128, 256]),
+        learning_rate=hp.Float("learning_rate", 3e-4, 3e-3, sampling="log"),
+        clipnorm=hp.Choice("clipnorm", [0.5, 1.0, 5.0]),
+        dropout=hp.Float("dropout", 0.0, 0.5, step=0.1),
+    )
+
+
+# Text.
+
+@keras.saving.register_keras_serializable(package="elman")
+def standardize_sentence(sentence):
+    """Standardizes a batch of sentences: `(batch,)` string -> `(batch,)` string of words.
+
+    Lower case (accented capitals too), invalid UTF-8 replaced, typographic apostrophes made
+    plain; `. , ! ? ¿ ¡` become words of their own, as Spanish writes `¿` and `¡` before a
+    question or exclamation; every other character that is not a letter (accents and combining
+    marks included), a digit or an apostrophe becomes a space.
+    """
+    sentence = tf.strings.unicode_transcode(sentence, "UTF-8", "UTF-8", errors="replace",
+                                            replacement_char=0xFFFD)
+    sentence = tf.strings.lower(sentence, encoding="utf-8")
+    sentence = tf.strings.regex_replace(sentence, "[’‘´`]", "'")
+    sentence = tf.strings.regex_replace(sentence, "([.,!?¿¡])", r" \1 ")
+    sentence = tf.strings.regex_replace(sentence, r"[^\p{L}\p{M}\p{N}'.,!?¿¡]+", " ")
+    return tf.strings.strip(sentence)
+
+
+@keras.saving.register_keras_serializable(package="elman")
+def standardize_target(sentence):
+    """`standardize_sentence`, between the words "[start]" and "[end]" (which standardized text
+    can never contain, as it has no brackets)."""
+    return tf.strings.join([START + " ", standardize_sentence(sentence), " " + END])
+
+
+def detokenize(words):
+    """Joins standardized words back into text: `(batch,)` string -> `(batch,)` string."""
+    words = tf.strings.regex_replace(words, " ([.,!?])", r"\1")
+    return tf.strings.regex_replace(words, "([¿¡]) ", r"\1")
+
+
+def _source_key(sentence):
+    """The identity of a source sentence for the split: lower-case words, no punctuation."""
+    return " ".join(re.findall(r"\w+", sentence.lower()))
+
+
+@keras.saving.register_keras_serializable(package="elman")
+class SequenceLength(keras.layers.Layer):
+    """Pads word ids with one padding step, then cuts them to `max_length` steps.
+
+    The extra step keeps at least one (masked) step when every sentence of a batch is empty.
+
+    Call arguments:
+        word_ids: integer `(batch, time)`.
+
+    Returns:
+        `(batch, min(time + 1, max_length))`.
+    """
+
+    def __init__(self, max_length, **kwargs):
+        super().__init__(**kwargs)
+        if max_length < 1:
+            raise ValueError(f"max_length must be a positive integer, received {max_length}")
+        self.max_length = int(max_length)
+
+    def call(self, word_ids):
+        return ops.pad(word_ids, [[0, 0], [0, 1]])[:, :self.max_length]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None)
+
+    def get_config(self):
+        return {**super().get_config(), "max_length": self.max_length}
+
+
+def teacher_forcing(target_ids):
+    """Splits "[start] w_1 ... w_n [end]" ids into the decoder's inputs and its labels.
+
+    Labels are the ids shifted left (`w_1 ... w_n [end]`); inputs are the ids shifted right,
+    with "[end]" never read (padding where the label is padding), so the decoder's mask is the
+    labels' mask and the loss and accuracy count exactly the reference's words.
+
+    Returns:
+        `(decoder_inputs, labels)`, both `(batch, time - 1)`.
+    """
+    labels = target_ids[:, 1:]
+    inputs = ops.where(ops.not_equal(labels, 0), target_ids[:, :-1], ops.zeros_like(labels))
+    return inputs, labels
+
+
+# Data.
+
+@dataclasses.dataclass
+class Data:
+    """The splits as `tf.data` datasets of `({"source", "target"}, labels)` batches, the test
+    pairs as text (for BLEU), and the vocabularies."""
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    test: tf.data.Dataset
+    test_pairs: list
+    source_vocabulary: list
+    target_vocabulary: list
+    source: str
+
+
+def _vectorizers(config, source_vocabulary=None, target_vocabulary=None):
+    source = keras.layers.TextVectorization(
+        max_tokens=config.source_vocabulary_size, standardize=standardize_sentence,
+        vocabulary=source_vocabulary, name="source_vectorizer")
+    target = keras.layers.TextVectorization(
+        max_tokens=config.target_vocabulary_size, standardize=standardize_target,
+        vocabulary=target_vocabulary, name="target_vectorizer")
+    return source, target
+
+
+def load_data(config):
+    """Reads the pairs, orients them by `config.direction`, splits them by source sentence and
+    builds both vocabularies from the training pairs."""
+    if config.direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, "
+                         f"received direction={config.direction!r}")
+    loaded = load_anki(config.data_dir or None)
+    pairs = loaded["pairs"]
+    if config.direction == "spa-eng":
+        pairs = [(spanish, english) for english, spanish in pairs]
+    splits = split_by_source(pairs, lambda pair: _source_key(pair[0]),
+                             config.validation_fraction, config.test_fraction)
+    if not all(splits.values()):
+        raise ValueError(f"the split left an empty part ({ {k: len(v) for k, v in splits.items()} }"
+                         " pairs): use more data or larger fractions")
+    source_vectorizer, target_vectorizer = _vectorizers(config)
+    train_sources, train_targets = (list(column) for column in zip(*splits["train"]))
+    source_vectorizer.adapt(tf.data.Dataset.from_tensor_slices(train_sources).batch(2048))
+    target_vectorizer.adapt(tf.data.Dataset.from_tensor_slices(train_targets).batch(2048))
+    target_length = SequenceLength(config.max_target_length + 2)
+
+    def labelled(inputs):
+        _, labels = teacher_forcing(target_length(target_vectorizer(inputs["target"])))
+        return inputs, labels
+
+    def dataset(split_pairs, shuffle):
+        sources, targets = zip(*split_pairs)
+        data = tf.data.Dataset.from_tensor_slices({"source": tf.constant(sources),
+                                                   "target": tf.constant(targets)})
+        if shuffle:
+            data = data.shuffle(len(sources), seed=config.seed, reshuffle_each_iteration=True)
+        data = data.batch(config.batch_size).map(labelled, num_parallel_calls=tf.data.AUTOTUNE)
+        return data.prefetch(tf.data.AUTOTUNE)
+
+    return Data(
+        train=dataset(splits["train"], shuffle=True),
+        validation=dataset(splits["validation"], shuffle=False),
+        test=dataset(splits["test"], shuffle=False),
+        test_pairs=splits["test"],
+        source_vocabulary=source_vectorizer.get_vocabulary(),
+        target_vocabulary=target_vectorizer.get_vocabulary(),
+        source=f"{loaded['source']} ({config.direction}: {len(splits['train'])} train, "
+               f"{len(splits['validation'])} validation, {len(splits['test'])} test pairs)",
+    )
+
+
+# The model.
+
+def _recurrent_layers(config, recurrent_layer):
+    """The encoder's and the decoder's recurrent layers: Elman, or copies of a template."""
+    if recurrent_layer is None:
+        def make(name, **kwargs):
+            return ElmanRNN(ElmanCell(config.hidden_units, activation=config.activation),
+                            return_sequences=True, name=name, **kwargs)
+    else:
+        template = recurrent_layer.get_config()
+        if template.get("units") != config.hidden_units:
+            raise ValueError(f"recurrent_layer must have hidden_units={config.hidden_units} "
+                             f"units, received units={template.get('units')}")
+
+        def make(name, **kwargs):
+            return recurrent_layer.__class__.from_config(
+                {**template, "return_sequences": True, "return_state": False, "name": name,
+                 **kwargs})
+    encoder = keras.layers.Bidirectional(make("encoder_rnn", return_state=True), name="encoder")
+    return encoder, make("decoder")
+
+
+def encode(layers, source):
+    """Source strings -> `(source_ids, encoder_states, decoder_initial_state)`.
+
+    Shapes: `(batch, source_time)`, `(batch, source_time, 2 * units)`, `(batch, units)`.
+    `layers` maps the layer names of `build_model` to the layers; the same function wires the
+    training model and the decoding loops.
+    """
+    source_ids = layers["source_length"](layers["source_vectorizer"](source))
+    embedded = layers["source_dropout"](layers["source_embedding"](source_ids))
+    states, forward, backward = layers["encoder"](embedded, mask=ops.not_equal(source_ids, 0))
+    initial_state = layers["decoder_initial_state"](ops.concatenate([forward, backward], -1))
+    return source_ids, states, initial_state
+
+
+def predict_words(layers, decoder_states, encoder_states, source_ids):
+    """Decoder states `(batch, time, units)` -> logits of the next word `(batch, time, vocab)`."""
+    query = layers["attention_query"](decoder_states)  # (batch, time, 2 * units)
+    context = layers["attention"]([query, encoder_states],
+                                  mask=[None, ops.not_equal(source_ids, 0)])
+    attentional = layers["attentional_state"](ops.concatenate([decoder_states, context], -1))
+    return layers["next_word"](layers["output_dropout"](attentional))
+
+
+def build_model(config, data, recurrent_layer=None):
+    """Builds and compiles the translator for teacher-forced training.
+
+    Inputs `source` and `target`, `(batch,)` strings; output the logits of each next word of the
+    target, `(batch, target_time, target_vocabulary)`, masked to the target's words.
+
+    Args:
+        config: the `Config`.
+        data: the loaded `Data` (its vocabularies are built into the model).
+        recurrent_layer: optional Keras recurrent layer with a single state (e.g.
+            `keras.layers.GRU(256)`) used as a template for the encoder and the decoder instead
+            of `ElmanRNN(ElmanCell)`; the benchmark's reference uses it to train in exactly the
+            same pipeline.
+    """
+    source_vectorizer, target_vectorizer = _vectorizers(config, data.source_vocabulary,
+                                                        data.target_vocabulary)
+    encoder, decoder = _recurrent_layers(config, recurrent_layer)
+    layers = {
+        "source_vectorizer": source_vectorizer,
+        "source_length": SequenceLength(config.max_source_length, name="source_length"),
+        "source_embedding": keras.layers.Embedding(len(data.source_vocabulary),
+                                                   config.embedding_dim, name="source_embedding"),
+        "source_dropout": keras.layers.Dropout(config.dropout, name="source_dropout"),
+        "encoder": encoder,
+        "decoder_initial_state": keras.layers.Dense(config.hidden_units, activation="tanh",
+                                                    name="decoder_initial_state"),
+        "target_vectorizer": target_vectorizer,
+        # "[start]", up to max_target_length words and "[end]".
+        "target_length": SequenceLength(config.max_target_length + 2, name="target_length"),
+        "target_embedding": keras.layers.Embedding(len(data.target_vocabulary),
+                                                   config.embedding_dim, name="target_embedding"),
+        "target_dropout": keras.layers.Dropout(config.dropout, name="target_dropout"),
+        "decoder": decoder,
+        "attention_query": keras.layers.Dense(2 * config.hidden_units, use_bias=False,
+                                              name="attention_query"),
+        "attention": keras.layers.Attention(name="attention"),
+        "attentional_state": keras.layers.Dense(config.hidden_units, activation="tanh",
+                                                name="attentional_state"),
+        "output_dropout": keras.layers.Dropout(config.dropout, name="output_dropout"),
+        "next_word": keras.layers.Dense(len(data.target_vocabulary), name="next_word"),
+    }
+    source = keras.Input(shape=(), dtype="string", name="source")
+    target = keras.Input(shape=(), dtype="string", name="target")
+    source_ids, encoder_states, initial_state = encode(layers, source)
+    decoder_inputs, _ = teacher_forcing(layers["target_length"](target_vectorizer(target)))
+    embedded = layers["target_dropout"](layers["target_embedding"](decoder_inputs))
+    decoder_states = decoder(embedded, initial_state=[initial_state],
+                             mask=ops.not_equal(decoder_inputs, 0))
+    logits = predict_words(layers, decoder_states, encoder_states, source_ids)
+    model = keras.Model({"source": source, "target": target}, logits, name="translation_elman")
+    optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
+    model.compile(optimizer, loss=MaskedCrossentropy(), metrics=[MaskedAccuracy(name="accuracy")])
+    return model
+
+
+def _align(labels, logits):
+    """Labels padded or cut to the logits' time steps: `(batch, time)`.
+
+    The model pads each batch to its own longest sentence; labels padded within a larger batch
+    (a re-batched dataset) have extra columns of padding only, which are cut here.
+    """
+    labels = ops.cast(labels, "int32")
+    time = ops.shape(logits)[1]
+    missing = ops.maximum(time - ops.shape(labels)[1], 0)
+    return ops.pad(labels, [[0, 0], [0, missing]])[:, :time]
+
+
+@keras.saving.register_keras_serializable(package="elman")
+class MaskedCrossentropy(keras.losses.SparseCategoricalCrossentropy):
+    """Cross-entropy of the next-word logits, averaged over the reference's words only.
+
+    Call arguments:
+        y_true: integer `(batch, time)`; 0 is padding.
+        y_pred: logits `(batch, time, vocabulary)`.
+    """
+
+    def __init__(self, name="masked_crossentropy", **kwargs):
+        kwargs.update(from_logits=True, ignore_class=0)
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        return super().call(_align(y_true, y_pred), y_pred)
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+@keras.saving.register_keras_serializable(package="elman")
+class MaskedAccuracy(keras.metrics.Mean):
+    """Share of the reference's words (labels other than padding 0) predicted right.
+
+    Call arguments:
+        y_true: integer `(batch, time)`; 0 is padding.
+        y_pred: logits `(batch, time, vocabulary)`.
+    """
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = _align(y_true, y_pred)
+        correct = ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, -1), "int32"), y_true), "float32")
+        return super().update_state(correct, sample_weight=ops.cast(ops.not_equal(y_true, 0),
+                                                                    "float32"))
+
+
+# Translating: greedy and beam search in graph loops.
+
+class _Layers:
+    """The trained model's layers by name, for `encode` and `predict_words`."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getitem__(self, name):
+        return self.model.get_layer(name)
+
+
+class Translator:
+    """Greedy and beam-search translation with a trained model's layers, as graph functions.
+
+    Both loops are `tf.while_loop`s bounded by `max_target_length` and stop early when every
+    translation has written "[end]", so they run inside an exported SavedModel.
+
+    Args:
+        model: a model from `build_model` (trained).
+        length_penalty: alpha; beam search ranks finished translations by
+            `log P / length ** alpha`.
+
+    Example:
+
+    ```python
+    translator = Translator(model)
+    translator.greedy(tf.constant(["I love you."]))  # [b"te quiero."]
+    translator.beam_search(tf.constant(["I love you."]), beam_width=4)
+    ```
+    """
+
+    def __init__(self, model, length_penalty=0.6):
+        self.layers = _Layers(model)
+        self.vocabulary = self.layers["target_vectorizer"].get_vocabulary()
+        self.start_id = self.vocabulary.index(START)
+        self.end_id = self.vocabulary.index(END)
+        self.max_length = self.layers["target_length"].max_length - 1
+        self.length_penalty = float(length_penalty)
+        self.cell = self.layers["decoder"].cell
+        # Words never written: padding (it marks the end) and "[start]".
+        never = np.zeros(len(self.vocabulary), "float32")
+        never[[0, self.start_id]] = -1e9
+        self._never = tf.constant(never)
+
+    def _step(self, tokens, state, encoder_states, source_ids):
+        """One decoder step: `(batch,)` tokens, `(batch, units)` state -> log P of the next
+        word `(batch, vocabulary)`, new state."""
+        embedded = self.layers["target_embedding"](tokens)  # (batch, embedding_dim)
+        output, new_state = self.cell(embedded, [state], training=False)
+        new_state = new_state[0] if isinstance(new_state, (list, tuple)) else new_state
+        logits = predict_words(self.layers, output[:, None, :], encoder_states, source_ids)
+        return tf.nn.log_softmax(logits[:, 0, :]) + self._never, new_state
+
+    def _to_text(self, ids):
+        """Word ids `(batch, time)` -> translations `(batch,)`: the words before "[end]"."""
+        keep = (ids > 0) & (ids != self.end_id) & (ids != self.start_id)
+        words = tf.ragged.boolean_mask(tf.gather(tf.constant(self.vocabulary), ids), keep)
+        return detokenize(tf.strings.reduce_join(words, axis=-1, separator=" "))
+
+    def greedy(self, sentence):
+        """Translates `(batch,)` strings, choosing the most probable word at every step."""
+        source_ids, encoder_states, state = encode(self.layers, sentence)
+        batch = tf.shape(source_ids)[0]
+        tokens = tf.fill([batch], tf.cast(self.start_id, "int64"))
+        finished = tf.zeros([batch], tf.bool)
+        ids = tf.zeros([batch, 0], tf.int64)
+
+        def body(t, tokens, state, finished, ids):
+            log_probabilities, state = self._step(tokens, state, encoder_states, source_ids)
+            tokens = tf.where(finished, tf.zeros_like(tokens),
+                              tf.argmax(log_probabilities, axis=-1, output_type=tf.int64))
+            finished = finished | tf.equal(tokens, self.end_id)
+            return t + 1, tokens, state, finished, tf.concat([ids, tokens[:, None]], axis=1)
+
+        *_, ids = tf.while_loop(
+            lambda t, tokens, state, finished, ids: (t < self.max_length)
+            & ~tf.reduce_all(finished),
+            body, (tf.constant(0), tokens, state, finished, ids),
+            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None]),
+                              tf.TensorShape([None, None]), tf.TensorShape([None]),
+                              tf.TensorShape([None, None])))
+        return self._to_text(ids)  # ids: (batch, time)
+
+    def beam_search(self, sentence, beam_width):
+        """Translates `(batch,)` strings keeping the `beam_width` most probable partial
+        translations at every step; returns `(translations, log_probabilities)`, `(batch,)`."""
+        beam_width = tf.convert_to_tensor(beam_width, tf.int32)
+        source_ids, encoder_states, state = encode(self.layers, sentence)
+        batch = tf.shape(source_ids)[0]
+        vocabulary_size = len(self.vocabulary)
+        beam_width = tf.minimum(beam_width, vocabulary_size)
+
+        def tile(x):  # (batch, ...) -> (batch * beam_width, ...), each row beam_width times.
+            return tf.repeat(x, beam_width, axis=0)
+
+        source_ids, encoder_states, state = tile(source_ids), tile(encoder_states), tile(state)
+        # Only the first beam is live at the start, so the beams do not all pick the same word.
+        scores = tf.tile(tf.where(tf.range(beam_width) == 0, 0.0, -1e9)[None], [batch, 1])
+        tokens = tf.fill([batch * beam_width], tf.cast(self.start_id, "int64"))
+        finished = tf.zeros([batch, beam_width], tf.bool)
+        lengths = tf.zeros([batch, beam_width])
+        sequences = tf.zeros([batch, beam_width, 0], tf.int64)
+        # A finished translation can only be continued by padding, at no cost.
+        padding_only = tf.one_hot(0, vocabulary_size, on_value=0.0, off_value=-1e9)
+
+        def body(t, tokens, state, scores, finished, lengths, sequences):
+            log_probabilities, state = self._step(tokens, state, encoder_states, source_ids)
+            log_probabilities = tf.reshape(log_probabilities, [batch, beam_width, -1])
+            log_probabilities = tf.where(finished[..., None], padding_only, log_probabilities)
+            # The best beam_width words of each beam hold the best beam_width continuations of
+            # all; ranking words within a beam first makes width 1 exactly greedy (no rounding
+            # from adding the beam's score before the comparison).
+            word_scores, word_ids = tf.math.top_k(log_probabilities, k=beam_width)
+            candidates = tf.reshape(scores[..., None] + word_scores, [batch, -1])
+            scores, chosen = tf.math.top_k(candidates, k=beam_width)  # (batch, beam_width)
+            beam = chosen // beam_width
+            words = tf.gather(tf.reshape(tf.cast(word_ids, tf.int64), [batch, -1]), chosen,
+                              batch_dims=1)
+            was_finished = tf.gather(finished, beam, batch_dims=1)
+            lengths = tf.gather(lengths, beam, batch_dims=1) + tf.cast(~was_finished, "float32")
+            finished = was_finished | tf.equal(words, self.end_id)
+            sequences = tf.concat([tf.gather(sequences, beam, batch_dims=1), words[..., None]], -1)
+            state = tf.reshape(tf.gather(tf.reshape(state, [batch, beam_width, -1]), beam,
+                                         batch_dims=1), [batch * beam_width, -1])
+            return t + 1, tf.reshape(words, [-1]), state, scores, finished, lengths, sequences
+
+        *_, scores, finished, lengths, sequences = tf.while_loop(
+            lambda t, *args: (t < self.max_length) & ~tf.reduce_all(args[3]),
+            body, (tf.constant(0), tokens, state, scores, finished, lengths, sequences),
+            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None]),
+                              tf.TensorShape([None, None]), tf.TensorShape([None, None]),
+                              tf.TensorShape([None, None]), tf.TensorShape([None, None]),
+                              tf.TensorShape([None, None, None])))
+        ranked = scores / tf.maximum(lengths, 1.0) ** self.length_penalty
+        best = tf.argmax(ranked, axis=-1, output_type=tf.int32)  # (batch,)
+        ids = tf.gather(sequences, best, batch_dims=1)  # (batch, time)
+        return self._to_text(ids), tf.gather(scores, best, batch_dims=1)
+
+
+def export_signatures(model, length_penalty=0.6):
+    """Serving signatures. `serving_default`: `sentence` string `[batch]` -> `translation`
+    string `[batch]` (greedy). `beam_search`: `sentence` and `beam_width` (int32 scalar,
+    1 to 64) -> `translation` and its `log_probability`."""
+    translator = Translator(model, length_penalty)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sentence")])
+    def serving_default(sentence):
+        return {"translation": translator.greedy(sentence)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sentence"),
+                                  tf.TensorSpec([], tf.int32, name="beam_width")])
+    def beam_search(sentence, beam_width):
+        checks = [tf.debugging.assert_greater_equal(
+                      beam_width, 1, message="beam_width must be at least 1"),
+                  tf.debugging.assert_less_equal(
+                      beam_width, 64, message="beam_width must be at most 64")]
+        with tf.control_dependencies(checks):
+            translation, log_probability = translator.beam_search(sentence, beam_width)
+        return {"translation": translation, "log_probability": log_probability}
+
+    return {"serving_default": serving_default, "beam_search": beam_search}
+
+
+def prediction_request(inputs):
+    """Turns the command line's inputs (sentences) into the signature's keyword arguments."""
+    if not inputs:
+        raise ValueError("elman predict translation expects one or more sentences, received none")
+    return {"sentence": tf.constant(list(inputs), tf.string)}
+
+
+def describe_prediction(inputs, outputs):
+    """One line per sentence: the sentence and its translation."""
+    return [f"{text!r} -> {translation.decode()!r}"
+            for text, translation in zip(inputs, outputs["translation"].numpy())]
+
+
+# Evaluation: corpus BLEU and chrF with sacrebleu.
+
+def translate_all(function, sentences, batch_size=256):
+    """Runs a translation function over a list of sentences in batches; returns `str`s."""
+    translations = []
+    for start in range(0, len(sentences), batch_size):
+        batch = tf.constant(sentences[start:start + batch_size])
+        translations.extend(text.decode("utf-8") for text in function(batch).numpy())
+    return translations
+
+
+def score_translations(hypotheses, references):
+    """Corpus BLEU and chrF (sacrebleu, case-insensitive: the model writes lower case).
+
+    Args:
+        hypotheses: one translation per test pair.
+        references: the pair's reference translation.
+    """
+    import sacrebleu
+
+    bleu = sacrebleu.metrics.BLEU(lowercase=True)
+    chrf = sacrebleu.metrics.CHRF(lowercase=True)
+    return {"bleu": bleu.corpus_score(hypotheses, [references]).score,
+            "chrf": chrf.corpus_score(hypotheses, [references]).score,
+            "signature": str(bleu.get_signature())}
+
+
+def evaluation_report(model, data, run_dir=None, config=None, examples=8, log=print):
+    """BLEU and chrF on the test pairs, greedy and beam search, with example translations.
+
+    Each distinct test source is translated once; BLEU scores every test pair against its own
+    reference (the standard single-reference corpus BLEU) and, as `bleu_all_references`, every
+    distinct source against all of its reference translations in the file.
+    Writes `translations.tsv` (source, reference, greedy, beam) into `run_dir` if given.
+    """
+    config = config or Config()
+    translator = Translator(model, config.length_penalty)
+    greedy = tf.function(translator.greedy)
+    beam = tf.function(lambda sentence: translator.beam_search(sentence, config.beam_width)[0])
+    sources = list(dict.fromkeys(source for source, _ in data.test_pairs))
+    references = {}
+    for source, target in data.test_pairs:
+        references.setdefault(source, []).append(target)
+    report = {"test_pairs": len(data.test_pairs), "test_sources": len(sources),
+              "beam_width": config.beam_width}
+    outputs = {}
+    for name, function in (("greedy", greedy), (f"beam{config.beam_width}", beam)):
+        log(f"[elman] translation: translating {len(sources)} test sentences ({name})")
+        translated = dict(zip(sources, translate_all(function, sources)))
+        outputs[name] = translated
+        scores = score_translations([translated[s] for s, _ in data.test_pairs],
+                                    [t for _, t in data.test_pairs])
+        import sacrebleu
+
+        most = max(len(refs) for refs in references.values())
+        streams = [[refs[i] if i < len(refs) else None for refs in references.values()]
+                   for i in range(most)]
+        scores["bleu_all_references"] = sacrebleu.metrics.BLEU(lowercase=True).corpus_score(
+            [translated[s] for s in references], streams).score
+        report[name] = scores
+        log(f"[elman] translation: {name}: BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}, "
+            f"BLEU with all references {scores['bleu_all_references']:.2f}")
+    beam_name = f"beam{config.beam_width}"
+    log("[elman] translation: examples (source | reference | greedy | beam)")
+    for source in sources[:: max(1, len(sources) // examples)][:examples]:
+        log(f"  {source}\n    reference: {references[source][0]}\n"
+            f"    greedy:    {outputs['greedy'][source]}\n    beam:      {outputs[beam_name][source]}")
+    if run_dir is not None:
+        lines = ["source\treference\tgreedy\tbeam"]
+        lines += [f"{s}\t{' | '.join(references[s])}\t{outputs['greedy'][s]}\t"
+                  f"{outputs[beam_name][s]}" for s in sources]
+        Path(run_dir, "translations.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        Path(run_dir, "bleu.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

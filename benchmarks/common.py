@@ -1,0 +1,63 @@
+"""What every app benchmark does: train each model the same way, evaluate it on the test split,
+and print the figures side by side."""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+from elman import training  # noqa: E402
+from elman.config import apply_overrides  # noqa: E402
+
+
+def parse_arguments(app, description):
+    """`--set key=value` overrides, `--only MODEL ...` and `--runs-dir`; returns
+    `(args, config)`."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config value of every model")
+    parser.add_argument("--only", nargs="+", metavar="MODEL", help="run only these models")
+    parser.add_argument("--runs-dir", type=Path, default=Path(f"runs/benchmark-{app.NAME}"),
+                        help="run directories go to RUNS_DIR/<model>/ (default: %(default)s)")
+    args = parser.parse_args()
+    return args, apply_overrides(app.Config(), args.overrides)
+
+
+def run_models(app, config, models, args, figures):
+    """Trains and evaluates each model; prints and returns the results.
+
+    Args:
+        models: name -> the recurrent layer given to `app.build_model` (None: the app's own).
+        figures: `metrics -> dict` of the figures to report from `training.evaluate`'s metrics.
+    """
+    data = app.load_data(config)
+    print(f"data: {data.source}\nconfig: {config}", flush=True)
+    results = {}
+    for name, layer in models.items():
+        if args.only and name not in args.only:
+            continue
+        keras.utils.set_random_seed(config.seed)
+        model = app.build_model(config, data, recurrent_layer=layer)
+        run_dir = args.runs_dir / name
+        model, _ = training.train(app, config, run_dir, data=data, model=model, verbose=2)
+        metrics = training.evaluate(app, model, data, run_dir, config)
+        # train() records the wall time of fit() and the epochs run beside the run.
+        record = json.loads((run_dir / "metrics.json").read_text())
+        results[name] = {**figures(metrics), "train_minutes": record["training_seconds"] / 60,
+                         "epochs": record["epochs_run"], "parameters": model.count_params()}
+        print(f"{name}: {results[name]}", flush=True)
+    columns = list(next(iter(results.values()), {}))
+    widths = [max(12, len(column) + 2) for column in columns]
+    print("\n" + "model".ljust(20) + "".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for name, result in results.items():
+        print(name.ljust(20) + "".join(
+            (f"{value:{width},d}" if isinstance(value, int) else f"{value:{width}.4f}")
+            for value, width in zip(result.values(), widths)))
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    (args.runs_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
