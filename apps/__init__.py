@@ -12,6 +12,7 @@ import importlib
 APP_MODULES = {
     "imdb": "elman.apps.imdb.model",  # many-to-one: review text -> sentiment
     "translation": "elman.apps.translation.model",  # many-to-many: sentence -> sentence
+    "nextframe": "elman.apps.nextframe.model",  # many-to-many: frames -> next frames
 }
 
 

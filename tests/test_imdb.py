@@ -69,6 +69,9 @@ def test_export_serves_without_elman(model, data, tmp_path):
     signature = loaded.signatures["serving_default"]
     assert list(signature.structured_input_signature[1]) == ["review"]
     assert sorted(signature.structured_outputs) == ["label", "probability"]
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"tensor review \[\] is not compatible with expected shape \[\?\]"):
+        signature(review=tf.constant("a scalar review"))
 
 
 @pytest.mark.parametrize("name", sorted(AWKWARD_REVIEWS))

@@ -215,6 +215,9 @@ def test_export_signatures_and_awkward_inputs(model, data, tmp_path):
     with pytest.raises(tf.errors.InvalidArgumentError, match="beam_width must be at least 1"):
         beam(sentence=request["sentence"], beam_width=tf.constant(0))
     assert default(sentence=tf.constant([], tf.string))["translation"].shape == (0,)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"tensor sentence \[1,2\] is not compatible with expected shape \[\?\]"):
+        default(sentence=tf.constant([["two", "dimensions"]]))
 
 
 def test_a_gru_reference_trains_and_translates_in_the_same_pipeline(data):

@@ -189,6 +189,9 @@ def export_signatures(model):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="review")])
     def serving_default(review):
+        # Signatures loaded from a SavedModel do not enforce the declared shape: checked here
+        # ("Shape of tensor review [] is not compatible with expected shape [?]").
+        review = tf.ensure_shape(review, [None])
         probability = tf.reshape(model(review, training=False), [-1])  # (batch,)
         label = tf.where(probability >= 0.5, tf.constant(LABELS[1]), tf.constant(LABELS[0]))
         return {"probability": probability, "label": label}

@@ -89,7 +89,7 @@ class Config:
 # A tiny preset for tests and the default run: seconds, not minutes.
 SMOKE = Config(source_vocabulary_size=2000, target_vocabulary_size=2000, max_source_length=20,
                max_target_length=20, embedding_dim=32, hidden_units=32, batch_size=32,
-               epochs=2, validation_fraction=0.1, test_fraction=0.1)
+               learning_rate=3e-3, epochs=10, validation_fraction=0.1, test_fraction=0.1)
 
 
 def search_space(hp, config):
@@ -552,13 +552,18 @@ def export_signatures(model, length_penalty=0.6):
     1 to 64) -> `translation` and its `log_probability`."""
     translator = Translator(model, length_penalty)
 
+    # Signatures loaded from a SavedModel do not enforce the declared shape; tf.ensure_shape
+    # checks it when called: "Shape of tensor sentence [] is not compatible with expected
+    # shape [?]" rather than an error from inside the text ops.
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sentence")])
     def serving_default(sentence):
-        return {"translation": translator.greedy(sentence)}
+        return {"translation": translator.greedy(tf.ensure_shape(sentence, [None]))}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sentence"),
                                   tf.TensorSpec([], tf.int32, name="beam_width")])
     def beam_search(sentence, beam_width):
+        sentence = tf.ensure_shape(sentence, [None])
         checks = [tf.debugging.assert_greater_equal(
                       beam_width, 1, message="beam_width must be at least 1"),
                   tf.debugging.assert_less_equal(

@@ -1,0 +1,504 @@
+"""Next-frame prediction, many-to-many: frames of a video in, the frames that follow out.
+
+Each frame is encoded by a small CNN, an Elman cell carries what it has seen from frame to
+frame in a latent space, and its output weight V maps the state to the input of a per-frame
+decoder, which draws the next frame:
+
+    frames x_1 .. x_t                                                  # (batch, time, 64, 64, 1)
+      -> FrameEncoder, each frame alone: a latent vector, and 32x32     # (batch, time, latent_dim)
+         feature maps passed to the decoder (a skip connection)
+      -> ElmanRNN(ElmanCell): s_t = f(W s_{t-1} + U z_t + b),           # (batch, time, latent_dim)
+         o_t = relu(V s_t + c)
+      -> FrameDecoder, each step alone: the prediction of x_{t+1}      # (batch, time, 64, 64, 1)
+
+Strictly causal: the prediction of frame t+1 depends on frames 1..t only (the encoder and
+decoder see one frame each; the recurrence runs forward). Training predicts each next frame from
+the true frames (teacher forcing); `predict_frames` feeds the model its own predictions to roll
+k frames forward, in a graph loop, so the exported SavedModel predicts by itself.
+
+The app contract the shared core relies on: `NAME`, `Config`, `SMOKE`, `MONITOR`, `EXAMPLES`,
+`load_data`, `build_model`, `search_space`, `export_signatures`, `prediction_request`,
+`describe_prediction` and `evaluation_report`.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers as keras_layers
+from keras import ops
+
+from elman.datasets import moving_mnist
+from elman.layers import ElmanCell, ElmanRNN
+
+NAME = "nextframe"
+MONITOR = "val_loss"
+FRAME_SIZE = moving_mnist.FRAME_SIZE
+# What `elman demo` and `elman predict nextframe` show: test sequences by index.
+EXAMPLES = ("test:0", "test:1")
+MAX_PREDICTED_FRAMES = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # Where the MNIST digits are: empty means $ELMAN_DATA_DIR, and without it synthetic shapes.
+    data_dir: str = ""
+    # The standard protocol: 10 frames in, the next 10 predicted (sequences of 20 frames).
+    input_frames: int = 10
+    output_frames: int = 10
+    digits_per_sequence: int = 2
+    # Sequences per split: training sequences are drawn afresh from the training digits, the
+    # test set is fixed (sequence i is a pure function of the seed and i).
+    train_sequences: int = 10000
+    validation_sequences: int = 1000
+    test_sequences: int = 10000
+    # The per-frame CNN: filters of its first layer (doubled twice), and the latent size.
+    filters: int = 16
+    latent_dim: int = 256
+    # Size of the Elman state s_t and f, its activation.
+    hidden_units: int = 512
+    activation: str = "tanh"
+    learning_rate: float = 1e-3
+    # Gradient clipping by global norm (0 disables it).
+    clipnorm: float = 1.0
+    batch_size: int = 32
+    epochs: int = 25
+    patience: int = 3
+    seed: int = 0
+
+
+# A tiny preset for tests and the default run: seconds, not minutes.
+SMOKE = Config(train_sequences=256, validation_sequences=32, test_sequences=64, filters=8,
+               latent_dim=32, hidden_units=32, batch_size=16, learning_rate=3e-3, epochs=5)
+
+
+def search_space(hp, config):
+    """The tuner's search space: returns `config` with the searched values set from `hp`."""
+    return dataclasses.replace(
+        config,
+        hidden_units=hp.Choice("hidden_units", [256, 512, 1024]),
+        latent_dim=hp.Choice("latent_dim", [128, 256, 512]),
+        learning_rate=hp.Float("learning_rate", 3e-4, 3e-3, sampling="log"),
+    )
+
+
+# Data.
+
+@dataclasses.dataclass
+class Data:
+    """Splits as `tf.data` datasets of `(frames[:, :-1], frames[:, 1:])` float batches in [0, 1],
+    and the generator of the fixed test sequences (for `evaluation_report`)."""
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    test: tf.data.Dataset
+    test_sequences: callable  # indices -> (n, frames, 64, 64) uint8
+    source: str
+
+
+def _split(config, digits, count, seed, shuffle):
+    frames = config.input_frames + config.output_frames
+
+    def generate(indices):
+        return moving_mnist.moving_sequences(digits, indices, seed, frames,
+                                             config.digits_per_sequence)
+
+    def to_pairs(indices):
+        sequences = tf.numpy_function(generate, [indices], tf.uint8)
+        sequences = tf.reshape(sequences, [-1, frames, FRAME_SIZE, FRAME_SIZE, 1])
+        sequences = tf.cast(sequences, tf.float32) / 255.0
+        return sequences[:, :-1], sequences[:, 1:]
+
+    indices = tf.data.Dataset.range(count)
+    if shuffle:
+        indices = indices.shuffle(count, seed=config.seed, reshuffle_each_iteration=True)
+    data = indices.batch(config.batch_size).map(to_pairs, num_parallel_calls=tf.data.AUTOTUNE)
+    return data.prefetch(tf.data.AUTOTUNE), generate
+
+
+def load_data(config):
+    """Moving MNIST from the data directory's digits (or synthetic shapes without one)."""
+    if config.input_frames < 1 or config.output_frames < 1:
+        raise ValueError("input_frames and output_frames must be positive, received "
+                         f"{config.input_frames} and {config.output_frames}")
+    digits = moving_mnist.load_digits(config.data_dir or None)
+    # Different seeds keep the three splits' sequences apart; validation and train share the
+    # training digits, test has its own.
+    train, _ = _split(config, digits["train"], config.train_sequences, config.seed + 1, True)
+    validation, _ = _split(config, digits["train"], config.validation_sequences,
+                           config.seed + 2, False)
+    test, generate_test = _split(config, digits["test"], config.test_sequences, 10_000, False)
+    return Data(train=train, validation=validation, test=test, test_sequences=generate_test,
+                source=digits["source"])
+
+
+# The model.
+
+@keras.saving.register_keras_serializable(package="elman")
+class FrameEncoder(keras.layers.Layer):
+    """Encodes each frame alone: `(batch, time, 64, 64, 1)` -> latent `(batch, time, latent_dim)`
+    and the first layer's feature maps `(batch, time, 32, 32, filters)`.
+
+    Args:
+        filters: filters of the first convolution (the next two have 2x and 4x).
+        latent_dim: size of the latent vector.
+    """
+
+    def __init__(self, filters, latent_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.latent_dim = filters, latent_dim
+        convolution = dict(kernel_size=3, strides=2, padding="same", activation="relu")
+        self.first = keras_layers.Conv2D(filters, **convolution)  # 32x32
+        self.rest = keras.Sequential([
+            keras_layers.Conv2D(2 * filters, **convolution),  # 16x16
+            keras_layers.Conv2D(4 * filters, **convolution),  # 8x8
+            keras_layers.Flatten(),
+            keras_layers.Dense(latent_dim, activation="relu"),
+        ])
+
+    def build(self, input_shape):
+        self.first.build((None, FRAME_SIZE, FRAME_SIZE, 1))
+        self.rest.build((None, FRAME_SIZE // 2, FRAME_SIZE // 2, self.filters))
+
+    def call(self, frames):
+        batch, time = ops.shape(frames)[0], ops.shape(frames)[1]
+        single = ops.reshape(frames, (-1, FRAME_SIZE, FRAME_SIZE, 1))  # (batch * time, 64, 64, 1)
+        features = self.first(single)
+        latent = self.rest(features)
+        return (ops.reshape(latent, (batch, time, self.latent_dim)),
+                ops.reshape(features, (batch, time, FRAME_SIZE // 2, FRAME_SIZE // 2,
+                                       self.filters)))
+
+    def compute_output_shape(self, input_shape):
+        return ((input_shape[0], input_shape[1], self.latent_dim),
+                (input_shape[0], input_shape[1], FRAME_SIZE // 2, FRAME_SIZE // 2, self.filters))
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "latent_dim": self.latent_dim}
+
+
+@keras.saving.register_keras_serializable(package="elman")
+class FrameDecoder(keras.layers.Layer):
+    """Draws one frame per step from the recurrent output and the encoder's feature maps of the
+    current frame: `(batch, time, latent_dim)`, `(batch, time, 32, 32, filters)` ->
+    `(batch, time, 64, 64, 1)` in [0, 1].
+
+    Args:
+        filters: filters of the encoder's first convolution.
+    """
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        transposed = dict(kernel_size=3, strides=2, padding="same", activation="relu")
+        self.expand = keras.Sequential([
+            keras_layers.Dense(8 * 8 * 4 * filters, activation="relu"),
+            keras_layers.Reshape((8, 8, 4 * filters)),
+            keras_layers.Conv2DTranspose(2 * filters, **transposed),  # 16x16
+            keras_layers.Conv2DTranspose(filters, **transposed),  # 32x32
+        ])
+        self.draw = keras.Sequential([
+            keras_layers.Conv2D(filters, 3, padding="same", activation="relu"),
+            keras_layers.Conv2DTranspose(filters, **transposed),  # 64x64
+            # Most pixels are background: start near black (sigmoid(-2) = 0.12), not grey.
+            keras_layers.Conv2D(1, 3, padding="same", activation="sigmoid",
+                                bias_initializer=keras.initializers.Constant(-2.0)),
+        ])
+
+    def build(self, input_shape):
+        latent_shape, _ = input_shape
+        self.expand.build((None, latent_shape[-1]))
+        self.draw.build((None, FRAME_SIZE // 2, FRAME_SIZE // 2, 2 * self.filters))
+
+    def call(self, inputs):
+        outputs, features = inputs
+        batch, time = ops.shape(outputs)[0], ops.shape(outputs)[1]
+        expanded = self.expand(ops.reshape(outputs, (-1, outputs.shape[-1])))
+        features = ops.reshape(features, (-1, FRAME_SIZE // 2, FRAME_SIZE // 2, self.filters))
+        frames = self.draw(ops.concatenate([expanded, features], axis=-1))
+        return ops.reshape(frames, (batch, time, FRAME_SIZE, FRAME_SIZE, 1))
+
+    def compute_output_shape(self, input_shape):
+        latent_shape, _ = input_shape
+        return (latent_shape[0], latent_shape[1], FRAME_SIZE, FRAME_SIZE, 1)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+def build_model(config, data=None, recurrent_layer=None):
+    """Builds and compiles the next-frame model.
+
+    Input `frames` `(batch, time, 64, 64, 1)` float in [0, 1]; output the prediction of each
+    next frame, same shape (output t predicts input t + 1).
+
+    Args:
+        config: the `Config`.
+        data: unused (the model needs no vocabulary); kept for the app contract.
+        recurrent_layer: optional Keras recurrent layer with `return_sequences=True` whose output
+            has `latent_dim` features, used instead of `ElmanRNN(ElmanCell)` (a reference).
+    """
+    frames = keras.Input(shape=(None, FRAME_SIZE, FRAME_SIZE, 1), name="frames")
+    latent, features = FrameEncoder(config.filters, config.latent_dim, name="encoder")(frames)
+    recurrent = recurrent_layer or ElmanRNN(
+        ElmanCell(config.hidden_units, output_units=config.latent_dim, output_activation="relu",
+                  activation=config.activation),
+        return_sequences=True, name="elman")
+    outputs = recurrent(latent)  # (batch, time, latent_dim): o_t = relu(V s_t + c)
+    predicted = FrameDecoder(config.filters, name="decoder")([outputs, features])
+    model = keras.Model(frames, predicted, name="nextframe_elman")
+    optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
+    model.compile(optimizer, loss="binary_crossentropy", metrics=["mse", "mae"])
+    return model
+
+
+def predict_frames(model, frames, num_frames):
+    """Rolls the model forward: reads `frames`, then predicts `num_frames` more, each from the
+    previous prediction.
+
+    Args:
+        model: a model from `build_model` (with the Elman layer).
+        frames: `(batch, time, 64, 64, 1)` float in [0, 1], time >= 1.
+        num_frames: int (or int32 scalar tensor) >= 1.
+
+    Returns:
+        `(batch, num_frames, 64, 64, 1)` float in [0, 1].
+    """
+    frames = tf.convert_to_tensor(frames, tf.float32)
+    if "elman" not in [layer.name for layer in model.layers]:
+        return _predict_frames_by_rerunning(model, frames, num_frames)
+    encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
+    cell = model.get_layer("elman").cell
+    batch = tf.shape(frames)[0]
+    latent, features = encoder(frames)
+    state = tf.zeros([batch, cell.units])
+
+    def read(t, state, _):
+        output, state = cell(latent[:, t], [state], training=False)
+        return t + 1, state[0], output
+
+    # Read the given frames: the state after the last one and its output.
+    _, state, output = tf.while_loop(
+        lambda t, *_: t < tf.shape(frames)[1], read,
+        (tf.constant(0), state, tf.zeros([batch, cell.output_size])))
+    last_features = features[:, -1:]
+    predicted = tf.TensorArray(tf.float32, size=num_frames,
+                               element_shape=tf.TensorShape([None, FRAME_SIZE, FRAME_SIZE, 1]))
+
+    def roll(k, state, output, last_features, predicted):
+        frame = decoder([output[:, None], last_features])  # (batch, 1, 64, 64, 1)
+        predicted = predicted.write(k, frame[:, 0])
+        new_latent, last_features = encoder(frame)
+        output, state = cell(new_latent[:, 0], [state], training=False)
+        return k + 1, state[0], output, last_features, predicted
+
+    *_, predicted = tf.while_loop(lambda k, *_: k < num_frames, roll,
+                                  (tf.constant(0), state, output, last_features, predicted))
+    return tf.transpose(predicted.stack(), [1, 0, 2, 3, 4])
+
+
+def _predict_frames_by_rerunning(model, frames, num_frames):
+    """`predict_frames` for any recurrent layer (the benchmark's references): reruns the whole
+    model on the frames given and predicted so far, once per predicted frame."""
+    def roll(k, seen):
+        return k + 1, tf.concat([seen, model(seen, training=False)[:, -1:]], axis=1)
+
+    _, seen = tf.while_loop(lambda k, _: k < num_frames, roll, (tf.constant(0), frames),
+                            shape_invariants=(tf.TensorShape([]),
+                                              tf.TensorShape([None, None, FRAME_SIZE,
+                                                              FRAME_SIZE, 1])))
+    return seen[:, tf.shape(frames)[1]:]
+
+
+def export_signatures(model):
+    """Serving signatures: `frames` `[batch, time, 64, 64, 1]` and `num_frames` (int32 scalar,
+    1 to 100) -> `predicted_frames` `[batch, num_frames, 64, 64, 1]`.
+
+    `serving_default` takes and returns float32 in [0, 1]; `serving_uint8` takes and returns
+    uint8 pixels (0-255), as frames are stored.
+    """
+    frames_shape = [None, None, FRAME_SIZE, FRAME_SIZE, 1]
+
+    def checked(frames, num_frames):
+        return [
+            tf.debugging.assert_greater_equal(tf.shape(frames)[1], 1,
+                                              message="frames must hold at least one frame"),
+            tf.debugging.assert_greater_equal(num_frames, 1,
+                                              message="num_frames must be at least 1"),
+            tf.debugging.assert_less_equal(num_frames, MAX_PREDICTED_FRAMES,
+                                           message=f"num_frames must be at most "
+                                           f"{MAX_PREDICTED_FRAMES}"),
+        ]
+
+    @tf.function(input_signature=[tf.TensorSpec(frames_shape, tf.float32, name="frames"),
+                                  tf.TensorSpec([], tf.int32, name="num_frames")])
+    def serving_default(frames, num_frames):
+        # Signatures loaded from a SavedModel do not enforce the declared shape: checked here,
+        # before the first reshape would fail with a message about tensor sizes.
+        frames = tf.ensure_shape(frames, frames_shape)
+        checks = checked(frames, num_frames) + [
+            tf.debugging.assert_greater_equal(frames, 0.0, message="frames must be in [0, 1]"),
+            tf.debugging.assert_less_equal(frames, 1.0, message="frames must be in [0, 1] "
+                                           "(for 0-255 pixels use the serving_uint8 signature)")]
+        with tf.control_dependencies(checks):
+            return {"predicted_frames": predict_frames(model, frames, num_frames)}
+
+    @tf.function(input_signature=[tf.TensorSpec(frames_shape, tf.uint8, name="frames"),
+                                  tf.TensorSpec([], tf.int32, name="num_frames")])
+    def serving_uint8(frames, num_frames):
+        frames = tf.ensure_shape(frames, frames_shape)
+        with tf.control_dependencies(checked(frames, num_frames)):
+            predicted = predict_frames(model, tf.cast(frames, tf.float32) / 255.0, num_frames)
+        return {"predicted_frames": tf.cast(tf.round(predicted * 255.0), tf.uint8)}
+
+    return {"serving_default": serving_default, "serving_uint8": serving_uint8}
+
+
+def _as_frames(array, origin):
+    """A `(batch, time, 64, 64, 1)` float32 array in [0, 1] from `.npy` contents, or a clear
+    error."""
+    array = np.asarray(array)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim == 4:
+        array = array[..., None]
+    if array.ndim != 5 or array.shape[2:] != (FRAME_SIZE, FRAME_SIZE, 1):
+        raise ValueError(f"{origin}: frames must have shape (time, 64, 64), (batch, time, 64, "
+                         f"64) or (batch, time, 64, 64, 1), received {array.shape}")
+    if array.dtype == np.uint8:
+        return array.astype("float32") / 255.0
+    if not np.issubdtype(array.dtype, np.floating) or array.min() < 0 or array.max() > 1:
+        raise ValueError(f"{origin}: frames must be uint8 (0-255) or float in [0, 1], received "
+                         f"{array.dtype} in [{array.min()}, {array.max()}]")
+    return array.astype("float32")
+
+
+def _example(name, config=None):
+    """`test:N` -> `(input frames, true next frames)` of test sequence N, or `.npy` frames."""
+    config = config or Config()
+    if name.startswith("test:"):
+        index = int(name.split(":", 1)[1])
+        digits = moving_mnist.load_digits(config.data_dir or None)["test"]
+        sequence = moving_mnist.moving_sequence(
+            digits, index, 10_000, config.input_frames + config.output_frames,
+            config.digits_per_sequence)[None, ..., None].astype("float32") / 255.0
+        return sequence[:, :config.input_frames], sequence[:, config.input_frames:]
+    path = Path(name)
+    if not path.is_file():
+        raise ValueError(f"expected a .npy file of frames or test:N, received {name!r}")
+    return _as_frames(np.load(path), name), None
+
+
+def prediction_request(inputs):
+    """The command line's inputs (`.npy` files of frames, or `test:N` for test sequence N) ->
+    the signature's keyword arguments (all inputs must have the same number of frames)."""
+    if not inputs:
+        raise ValueError("elman predict nextframe expects .npy files of frames or test:N, "
+                         "received none")
+    frames = [_example(name)[0] for name in inputs]
+    if len({array.shape[1] for array in frames}) > 1:
+        raise ValueError("all inputs must have the same number of frames, received "
+                         f"{[array.shape[1] for array in frames]}")
+    return {"frames": tf.constant(np.concatenate(frames)),
+            "num_frames": tf.constant(Config().output_frames, tf.int32)}
+
+
+def describe_prediction(inputs, outputs):
+    """One line per input: frames predicted and, for test sequences, the per-frame MSE against
+    the truth beside copying the last frame."""
+    predicted = outputs["predicted_frames"].numpy()
+    lines = []
+    offset = 0
+    for name in inputs:
+        given, truth = _example(name)
+        ours = predicted[offset:offset + len(given)]
+        offset += len(given)
+        line = f"{name}: {ours.shape[1]} frames predicted after {given.shape[1]}"
+        if truth is not None:
+            copy_last = np.repeat(given[:, -1:], truth.shape[1], axis=1)
+            line += (f"; MSE per frame {frame_mse(ours, truth):.1f} "
+                     f"(copying the last frame: {frame_mse(copy_last, truth):.1f})")
+        lines.append(line)
+    return lines
+
+
+# Evaluation: per-frame MSE, MAE and SSIM on the fixed test set, beside copy-last-frame.
+
+def frame_mse(predicted, truth):
+    """Mean over frames of the squared error summed over the 64x64 pixels (OpenSTL's MSE)."""
+    return float(np.mean(np.sum((predicted - truth) ** 2, axis=(-3, -2, -1))))
+
+
+def frame_scores(predicted, truth):
+    """Per-frame MSE and MAE (summed over pixels) and SSIM, averaged over frames and sequences,
+    and MSE by frame index; arrays `(batch, time, 64, 64, 1)` in [0, 1]."""
+    error = predicted - truth
+    ssim = tf.image.ssim(tf.constant(predicted), tf.constant(truth), max_val=1.0).numpy()
+    return {"mse": float(np.mean(np.sum(error ** 2, axis=(2, 3, 4)))),
+            "mae": float(np.mean(np.sum(np.abs(error), axis=(2, 3, 4)))),
+            "ssim": float(np.mean(ssim)),
+            "mse_by_frame": np.mean(np.sum(error ** 2, axis=(2, 3, 4)), axis=0).tolist()}
+
+
+def evaluation_report(model, data, run_dir=None, config=None, log=print, batch_size=100):
+    """10 -> 10 on the fixed test set: MSE, MAE, SSIM for the model and copy-last-frame, and a
+    PNG of input / truth / prediction for three sequences (`RUN_DIR/predictions.png`)."""
+    config = config or Config()
+    rollout = tf.function(lambda frames: predict_frames(model, frames, config.output_frames))
+    totals = {"model": [], "copy_last_frame": []}
+    log(f"[elman] nextframe: predicting {config.test_sequences} test sequences "
+        f"({config.input_frames} -> {config.output_frames})")
+    examples = None
+    for start in range(0, config.test_sequences, batch_size):
+        indices = np.arange(start, min(start + batch_size, config.test_sequences))
+        sequences = data.test_sequences(indices)[..., None].astype("float32") / 255.0
+        given, truth = sequences[:, :config.input_frames], sequences[:, config.input_frames:]
+        predicted = rollout(tf.constant(given)).numpy()
+        copy_last = np.repeat(given[:, -1:], config.output_frames, axis=1)
+        for name, guess in (("model", predicted), ("copy_last_frame", copy_last)):
+            totals[name].append((len(indices), frame_scores(guess, truth)))
+        if examples is None:
+            examples = (given[:3], truth[:3], predicted[:3])
+    report = {}
+    for name, parts in totals.items():
+        count = sum(size for size, _ in parts)
+        report[name] = {key: float(sum(size * scores[key] for size, scores in parts) / count)
+                        for key in ("mse", "mae", "ssim")}
+        report[name]["mse_by_frame"] = np.sum(
+            [size * np.array(scores["mse_by_frame"]) for size, scores in parts], 0).tolist()
+        report[name]["mse_by_frame"] = [value / count for value in report[name]["mse_by_frame"]]
+        log(f"[elman] nextframe: {name}: MSE {report[name]['mse']:.1f}, "
+            f"MAE {report[name]['mae']:.1f}, SSIM {report[name]['ssim']:.3f}")
+    if run_dir is not None:
+        Path(run_dir, "frames.json").write_text(json.dumps(report, indent=2) + "\n")
+        path = plot_predictions(*examples, Path(run_dir) / "predictions.png")
+        log(f"[elman] nextframe: pictures in {path}")
+    return report
+
+
+def plot_predictions(given, truth, predicted, path):
+    """Writes a PNG: for each sequence, rows of input, true and predicted frames."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sequences, frames = len(given), max(given.shape[1], truth.shape[1])
+    figure, axes = plt.subplots(3 * sequences, frames, figsize=(frames, 3 * sequences),
+                                squeeze=False)
+    for index in range(sequences):
+        for row, (label, images) in enumerate((("input", given), ("truth", truth),
+                                               ("predicted", predicted))):
+            for column in range(frames):
+                axis = axes[3 * index + row, column]
+                axis.axis("off")
+                if column < images.shape[1]:
+                    axis.imshow(images[index, column, ..., 0], cmap="gray", vmin=0, vmax=1)
+            axes[3 * index + row, 0].set_title(f"{label} {index}", fontsize=7, loc="left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path

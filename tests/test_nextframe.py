@@ -1,0 +1,194 @@
+"""The next-frame app on synthetic shapes: generator, causality, rollout, export, CLI."""
+
+import dataclasses
+import gzip
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import app_checks
+from elman.apps import get_app
+from elman.cli import main
+from elman.datasets import moving_mnist
+
+app = get_app("nextframe")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return app.load_data(app.SMOKE)
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    keras.utils.set_random_seed(0)
+    model = app.build_model(app.SMOKE, data)
+    model.fit(data.train.take(4), verbose=0)  # Trained a little: outputs are not all alike.
+    return model
+
+
+def _frames(data, count=4):
+    inputs, _ = next(iter(data.validation))
+    return inputs[:count, :app.SMOKE.input_frames].numpy()
+
+
+# The generator.
+
+def test_sequences_are_deterministic_bounded_and_moving():
+    digits = moving_mnist.synthetic_shapes(10)
+    first = moving_mnist.moving_sequence(digits, 3, seed=5)
+    np.testing.assert_array_equal(first, moving_mnist.moving_sequence(digits, 3, seed=5))
+    assert not np.array_equal(first, moving_mnist.moving_sequence(digits, 4, seed=5))
+    assert first.shape == (20, 64, 64) and first.dtype == np.uint8
+    # Two shapes, always whole inside the frame (they bounce), and they move.
+    ink = (first > 0).sum(axis=(1, 2))
+    assert ink.min() > 0 and ink.max() <= 2 * (first[0] > 0).sum()
+    assert not np.array_equal(first[0], first[1])
+    batch = moving_mnist.moving_sequences(digits, [3, 4], seed=5)
+    np.testing.assert_array_equal(batch[0], first)
+
+
+def test_a_digit_moves_at_constant_speed_and_bounces():
+    digits = np.zeros((1, 28, 28), np.uint8)
+    digits[0, 0, 0] = 255  # One pixel marks the digit's top-left corner.
+    sequence = moving_mnist.moving_sequence(digits, 0, seed=0, frames=60, digits_per_sequence=1)
+    corners = np.array([np.argwhere(frame)[0] for frame in sequence])
+    assert corners.min() >= 0 and corners.max() <= 64 - 28
+    steps = np.diff(corners, axis=0)
+    assert np.all(np.abs(steps) <= np.ceil(moving_mnist.STEP) + 1)
+    # Over 60 frames at 3.6 pixels per frame across a range of 36, the direction reverses.
+    assert any(np.any(np.sign(steps[i]) * np.sign(steps[i + 1]) < 0)
+               for i in range(len(steps) - 1))
+
+
+def test_reads_mnist_idx_files_and_says_where_to_put_them(tmp_path, monkeypatch):
+    images = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    header = b"".join(value.to_bytes(4, "big") for value in (2051, 3, 28, 28))
+    (tmp_path / "mnist").mkdir()
+    with gzip.open(tmp_path / "mnist" / moving_mnist.TEST_FILE, "wb") as file:
+        file.write(header + images.tobytes())
+    np.testing.assert_array_equal(
+        moving_mnist.read_idx_images(tmp_path / "mnist" / moving_mnist.TEST_FILE), images)
+    digits = moving_mnist.load_digits(tmp_path)
+    assert "8000-9999" in digits["source"] and len(digits["train"]) == 3
+    with gzip.open(tmp_path / "bad.gz", "wb") as file:
+        file.write(b"\x00" * 20)
+    with pytest.raises(ValueError, match="not an idx3 image file"):
+        moving_mnist.read_idx_images(tmp_path / "bad.gz")
+    monkeypatch.setattr(moving_mnist, "URL", (tmp_path / "nowhere").as_uri() + "/")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"t10k-images-idx3-ubyte\.gz.*downloading"):
+        moving_mnist.load_digits(tmp_path / "empty")
+
+
+def test_splits_have_the_configured_sizes(data):
+    sizes = [sum(int(x.shape[0]) for x, _ in split)
+             for split in (data.train, data.validation, data.test)]
+    assert sizes == [app.SMOKE.train_sequences, app.SMOKE.validation_sequences,
+                     app.SMOKE.test_sequences]
+    inputs, targets = next(iter(data.validation))
+    np.testing.assert_array_equal(inputs[:, 1:], targets[:, :-1])  # targets: the next frames
+
+
+# The model.
+
+def test_prediction_is_causal(model, data):
+    frames = next(iter(data.validation))[0][:2].numpy()
+    changed = frames.copy()
+    changed[:, 7:] = np.random.default_rng(0).uniform(size=changed[:, 7:].shape)
+    before, after = model(frames).numpy(), model(changed).numpy()
+    # Outputs 0..6 predict frames 1..7 from frames 0..6, which did not change.
+    np.testing.assert_allclose(before[:, :7], after[:, :7], atol=1e-6)
+    assert not np.allclose(before[:, 7:], after[:, 7:])
+
+
+def test_rollout_feeds_back_its_own_predictions(model, data):
+    frames = _frames(data, 3)
+    predicted = app.predict_frames(model, frames, 3).numpy()
+    assert predicted.shape == (3, 3, 64, 64, 1)
+    # Each predicted frame is the teacher-forced model's last output after reading the
+    # frames given and the frames predicted before it.
+    seen = frames
+    for k in range(3):
+        np.testing.assert_allclose(predicted[:, k], model(seen).numpy()[:, -1], atol=1e-5)
+        seen = np.concatenate([seen, predicted[:, k:k + 1]], axis=1)
+
+
+def test_training_step_changes_every_weight(data):
+    model = app.build_model(app.SMOKE, data)
+    app_checks.check_training_step_changes_every_weight(model, next(iter(data.train)))
+
+
+def test_loss_falls(data):
+    keras.utils.set_random_seed(0)
+    model = app.build_model(dataclasses.replace(app.SMOKE, learning_rate=3e-3), data)
+    history = model.fit(data.train, epochs=3, verbose=0)
+    losses = history.history["loss"]
+    assert losses[2] < losses[0] and losses[2] < 0.9 * losses[0]
+
+
+def test_keras_round_trip(model, data, tmp_path):
+    app_checks.check_keras_round_trip(model, _frames(data), tmp_path)
+
+
+# Export and serving.
+
+def test_export_serves_without_elman_and_checks_its_inputs(model, data, tmp_path):
+    frames = _frames(data)
+    request = {"frames": tf.constant(frames), "num_frames": tf.constant(4)}
+    version_dir = app_checks.check_export_without_elman(app, model, request, tmp_path)
+    loaded = tf.saved_model.load(str(version_dir))
+    assert sorted(loaded.signatures) == ["serving_default", "serving_uint8"]
+    default = loaded.signatures["serving_default"]
+    assert sorted(default.structured_input_signature[1]) == ["frames", "num_frames"]
+    predicted = default(**request)["predicted_frames"].numpy()
+    assert predicted.shape == (4, 4, 64, 64, 1)
+    pixels = tf.constant(np.round(frames * 255).astype(np.uint8))
+    as_uint8 = loaded.signatures["serving_uint8"](frames=pixels, num_frames=tf.constant(4))
+    assert as_uint8["predicted_frames"].dtype == tf.uint8
+    np.testing.assert_allclose(as_uint8["predicted_frames"].numpy() / 255.0, predicted,
+                               atol=2 / 255)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="num_frames must be at least 1"):
+        default(frames=request["frames"], num_frames=tf.constant(0))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"frames must be in \[0, 1\]"):
+        default(frames=request["frames"] * 255.0, num_frames=tf.constant(2))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least one frame"):
+        default(frames=request["frames"][:, :0], num_frames=tf.constant(2))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"tensor frames \[1,3,32,32,1\] is not compatible with expected "
+                       r"shape \[\?,\?,64,64,1\]"):
+        default(frames=tf.zeros([1, 3, 32, 32, 1]), num_frames=tf.constant(2))
+
+
+def test_command_line_inputs_are_checked(tmp_path):
+    np.save(tmp_path / "frames.npy", np.zeros((5, 64, 64), np.uint8))
+    request = app.prediction_request([str(tmp_path / "frames.npy"), "test:1"][:1])
+    assert request["frames"].shape == (1, 5, 64, 64, 1)
+    np.save(tmp_path / "small.npy", np.zeros((5, 32, 32), np.uint8))
+    with pytest.raises(ValueError, match=r"frames must have shape \(time, 64, 64\)"):
+        app.prediction_request([str(tmp_path / "small.npy")])
+    np.save(tmp_path / "bright.npy", np.full((5, 64, 64), 7.0))
+    with pytest.raises(ValueError, match=r"uint8 \(0-255\) or float in \[0, 1\]"):
+        app.prediction_request([str(tmp_path / "bright.npy")])
+    with pytest.raises(ValueError, match="expected a .npy file of frames or test:N"):
+        app.prediction_request(["missing.npy"])
+
+
+def test_cli_verbs_end_to_end(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "nextframe", "--smoke", "--set", "epochs=1"]) == 0
+    assert main(["evaluate", "nextframe"]) == 0
+    run_dir = tmp_path / "runs" / "nextframe"
+    report = json.loads((run_dir / "evaluation.json").read_text())["report"]
+    for name in ("model", "copy_last_frame"):
+        assert report[name]["mse"] > 0 and -1 <= report[name]["ssim"] <= 1
+        assert len(report[name]["mse_by_frame"]) == app.SMOKE.output_frames
+    assert (run_dir / "predictions.png").stat().st_size > 1000
+    assert main(["export", "nextframe"]) == 0
+    capsys.readouterr()
+    assert main(["predict", "nextframe", "test:0", "test:1"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("frames predicted after") == 2 and "copying the last frame" in printed
