@@ -5,6 +5,7 @@ import json
 import os
 
 import keras
+import numpy as np
 import pytest
 
 from elman import export, tuning
@@ -121,3 +122,17 @@ def test_search_of_two_trials_runs_and_resumes(tmp_path, monkeypatch):
                  "--set", "hidden_units=4", "--run-dir", "from-best"]) == 0
     trained = load_config(app.Config, tmp_path / "from-best" / "config.json", "imdb")
     assert trained.learning_rate == best.learning_rate and trained.hidden_units == 4
+
+
+@pytest.mark.parametrize("name", ["imdb", "translation", "nextframe"])
+def test_every_search_space_gives_a_config_that_trains(name):
+    """A trial's config (the search space's first values) builds a model that takes a step."""
+    import keras_tuner
+
+    app = get_app(name)
+    data = app.load_data(app.SMOKE)
+    config = app.search_space(keras_tuner.HyperParameters(), app.SMOKE)
+    assert isinstance(config, app.Config) and config != app.SMOKE
+    model = tuning.AppHyperModel(app, app.SMOKE, data).build(keras_tuner.HyperParameters())
+    loss = model.train_on_batch(*next(iter(data.train)))
+    assert np.isfinite(loss if np.isscalar(loss) else loss[0])
