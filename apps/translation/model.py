@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from elman import decoding
 from elman.datasets.anki import load_anki, split_by_source
 from elman.layers import ElmanCell, ElmanRNN
 
@@ -421,8 +422,8 @@ class _Layers:
 class Translator:
     """Greedy and beam-search translation with a trained model's layers, as graph functions.
 
-    Both loops are `tf.while_loop`s bounded by `max_target_length` and stop early when every
-    translation has written "[end]", so they run inside an exported SavedModel.
+    The loops are `elman.decoding`'s, bounded by `max_target_length`; they stop early when every
+    translation has written "[end]", and run inside an exported SavedModel.
 
     Args:
         model: a model from `build_model` (trained).
@@ -451,9 +452,11 @@ class Translator:
         never[[0, self.start_id]] = -1e9
         self._never = tf.constant(never)
 
-    def _step(self, tokens, state, encoder_states, source_ids):
+    def _step(self, tokens, state, context):
         """One decoder step: `(batch,)` tokens, `(batch, units)` state -> log P of the next
-        word `(batch, vocabulary)`, new state."""
+        word `(batch, vocabulary)`, new state. `context`: the encoder's states and the source
+        ids (for the attention mask)."""
+        encoder_states, source_ids = context
         embedded = self.layers["target_embedding"](tokens)  # (batch, embedding_dim)
         output, new_state = self.cell(embedded, [state], training=False)
         new_state = new_state[0] if isinstance(new_state, (list, tuple)) else new_state
@@ -462,88 +465,24 @@ class Translator:
 
     def _to_text(self, ids):
         """Word ids `(batch, time)` -> translations `(batch,)`: the words before "[end]"."""
-        keep = (ids > 0) & (ids != self.end_id) & (ids != self.start_id)
-        words = tf.ragged.boolean_mask(tf.gather(tf.constant(self.vocabulary), ids), keep)
-        return detokenize(tf.strings.reduce_join(words, axis=-1, separator=" "))
+        return detokenize(decoding.ids_to_words(self.vocabulary, ids,
+                                                (0, self.start_id, self.end_id)))
 
     def greedy(self, sentence):
         """Translates `(batch,)` strings, choosing the most probable word at every step."""
         source_ids, encoder_states, state = encode(self.layers, sentence)
-        batch = tf.shape(source_ids)[0]
-        tokens = tf.fill([batch], tf.cast(self.start_id, "int64"))
-        finished = tf.zeros([batch], tf.bool)
-        ids = tf.zeros([batch, 0], tf.int64)
-
-        def body(t, tokens, state, finished, ids):
-            log_probabilities, state = self._step(tokens, state, encoder_states, source_ids)
-            tokens = tf.where(finished, tf.zeros_like(tokens),
-                              tf.argmax(log_probabilities, axis=-1, output_type=tf.int64))
-            finished = finished | tf.equal(tokens, self.end_id)
-            return t + 1, tokens, state, finished, tf.concat([ids, tokens[:, None]], axis=1)
-
-        *_, ids = tf.while_loop(
-            lambda t, tokens, state, finished, ids: (t < self.max_length)
-            & ~tf.reduce_all(finished),
-            body, (tf.constant(0), tokens, state, finished, ids),
-            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None]),
-                              tf.TensorShape([None, None]), tf.TensorShape([None]),
-                              tf.TensorShape([None, None])))
-        return self._to_text(ids)  # ids: (batch, time)
+        ids = decoding.greedy_search(self._step, state, (encoder_states, source_ids),
+                                     self.start_id, self.end_id, self.max_length)
+        return self._to_text(ids)
 
     def beam_search(self, sentence, beam_width):
         """Translates `(batch,)` strings keeping the `beam_width` most probable partial
         translations at every step; returns `(translations, log_probabilities)`, `(batch,)`."""
-        beam_width = tf.convert_to_tensor(beam_width, tf.int32)
         source_ids, encoder_states, state = encode(self.layers, sentence)
-        batch = tf.shape(source_ids)[0]
-        vocabulary_size = len(self.vocabulary)
-        beam_width = tf.minimum(beam_width, vocabulary_size)
-
-        def tile(x):  # (batch, ...) -> (batch * beam_width, ...), each row beam_width times.
-            return tf.repeat(x, beam_width, axis=0)
-
-        source_ids, encoder_states, state = tile(source_ids), tile(encoder_states), tile(state)
-        # Only the first beam is live at the start, so the beams do not all pick the same word.
-        scores = tf.tile(tf.where(tf.range(beam_width) == 0, 0.0, -1e9)[None], [batch, 1])
-        tokens = tf.fill([batch * beam_width], tf.cast(self.start_id, "int64"))
-        finished = tf.zeros([batch, beam_width], tf.bool)
-        lengths = tf.zeros([batch, beam_width])
-        sequences = tf.zeros([batch, beam_width, 0], tf.int64)
-        # A finished translation can only be continued by padding, at no cost.
-        padding_only = tf.one_hot(0, vocabulary_size, on_value=0.0, off_value=-1e9)
-
-        def body(t, tokens, state, scores, finished, lengths, sequences):
-            log_probabilities, state = self._step(tokens, state, encoder_states, source_ids)
-            log_probabilities = tf.reshape(log_probabilities, [batch, beam_width, -1])
-            log_probabilities = tf.where(finished[..., None], padding_only, log_probabilities)
-            # The best beam_width words of each beam hold the best beam_width continuations of
-            # all; ranking words within a beam first makes width 1 exactly greedy (no rounding
-            # from adding the beam's score before the comparison).
-            word_scores, word_ids = tf.math.top_k(log_probabilities, k=beam_width)
-            candidates = tf.reshape(scores[..., None] + word_scores, [batch, -1])
-            scores, chosen = tf.math.top_k(candidates, k=beam_width)  # (batch, beam_width)
-            beam = chosen // beam_width
-            words = tf.gather(tf.reshape(tf.cast(word_ids, tf.int64), [batch, -1]), chosen,
-                              batch_dims=1)
-            was_finished = tf.gather(finished, beam, batch_dims=1)
-            lengths = tf.gather(lengths, beam, batch_dims=1) + tf.cast(~was_finished, "float32")
-            finished = was_finished | tf.equal(words, self.end_id)
-            sequences = tf.concat([tf.gather(sequences, beam, batch_dims=1), words[..., None]], -1)
-            state = tf.reshape(tf.gather(tf.reshape(state, [batch, beam_width, -1]), beam,
-                                         batch_dims=1), [batch * beam_width, -1])
-            return t + 1, tf.reshape(words, [-1]), state, scores, finished, lengths, sequences
-
-        *_, scores, finished, lengths, sequences = tf.while_loop(
-            lambda t, *args: (t < self.max_length) & ~tf.reduce_all(args[3]),
-            body, (tf.constant(0), tokens, state, scores, finished, lengths, sequences),
-            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None]),
-                              tf.TensorShape([None, None]), tf.TensorShape([None, None]),
-                              tf.TensorShape([None, None]), tf.TensorShape([None, None]),
-                              tf.TensorShape([None, None, None])))
-        ranked = scores / tf.maximum(lengths, 1.0) ** self.length_penalty
-        best = tf.argmax(ranked, axis=-1, output_type=tf.int32)  # (batch,)
-        ids = tf.gather(sequences, best, batch_dims=1)  # (batch, time)
-        return self._to_text(ids), tf.gather(scores, best, batch_dims=1)
+        ids, log_probabilities = decoding.beam_search(
+            self._step, state, (encoder_states, source_ids), self.start_id, self.end_id,
+            self.max_length, beam_width, self.length_penalty)
+        return self._to_text(ids), log_probabilities
 
 
 def export_signatures(model, length_penalty=0.6):

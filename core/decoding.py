@@ -1,0 +1,132 @@
+"""Greedy and beam-search decoding in graph loops, written once for every app that writes text.
+
+Both run a model's decoder one step at a time inside a `tf.while_loop` bounded by
+`max_length` that stops early once every sequence has written its end token, so they work
+inside `tf.function`s and exported SavedModels. The model is seen only through a step function:
+
+    step(tokens, state, context) -> (log_probabilities, new_state)
+
+with `tokens` `(batch,)` int64, `state` any nest of `(batch, ...)` tensors that changes every
+step (e.g. the decoder's s_t), `context` any nest of `(batch, ...)` tensors that does not (e.g.
+the encoder states), and `log_probabilities` `(batch, vocabulary)`. Padding (id 0) is written
+after the end token; a finished sequence never changes again.
+"""
+
+import tensorflow as tf
+
+# Added to the log-probability of words that must not be written; finite so sums stay finite.
+NEVER = -1e9
+
+
+def greedy_search(step, state, context, start_id, end_id, max_length):
+    """Writes the most probable word at every step.
+
+    Args:
+        step: the step function (see the module docstring).
+        state, context: nests of `(batch, ...)` tensors.
+        start_id, end_id: the ids of the start and end tokens.
+        max_length: the most words written (the end token included).
+
+    Returns:
+        `(batch, time)` int64 ids, time <= max_length, 0 after the end token.
+    """
+    batch = tf.shape(tf.nest.flatten(context)[0])[0]
+    tokens = tf.fill([batch], tf.cast(start_id, tf.int64))
+    finished = tf.zeros([batch], tf.bool)
+    ids = tf.zeros([batch, 0], tf.int64)
+
+    def body(t, tokens, state, finished, ids):
+        log_probabilities, state = step(tokens, state, context)
+        tokens = tf.where(finished, tf.zeros_like(tokens),
+                          tf.argmax(log_probabilities, axis=-1, output_type=tf.int64))
+        finished = finished | tf.equal(tokens, end_id)
+        return t + 1, tokens, state, finished, tf.concat([ids, tokens[:, None]], axis=1)
+
+    state_shapes = tf.nest.map_structure(_loose_shape, state)
+    *_, ids = tf.while_loop(
+        lambda t, tokens, state, finished, ids: (t < max_length) & ~tf.reduce_all(finished),
+        body, (tf.constant(0), tokens, state, finished, ids),
+        shape_invariants=(tf.TensorShape([]), tf.TensorShape([None]), state_shapes,
+                          tf.TensorShape([None]), tf.TensorShape([None, None])))
+    return ids
+
+
+def beam_search(step, state, context, start_id, end_id, max_length, beam_width,
+                length_penalty=0.6):
+    """Keeps the `beam_width` most probable partial sequences at every step.
+
+    Args:
+        step, state, context, start_id, end_id, max_length: as for `greedy_search`.
+        beam_width: int or int32 scalar tensor, at least 1; width 1 is exactly greedy.
+        length_penalty: alpha; finished sequences are ranked by `log P / length ** alpha`.
+
+    Returns:
+        `(ids, log_probabilities)`: the best sequence `(batch, time)` int64 and its total
+        log-probability `(batch,)`.
+    """
+    beam_width = tf.convert_to_tensor(beam_width, tf.int32)
+    batch = tf.shape(tf.nest.flatten(context)[0])[0]
+
+    def tile(x):  # (batch, ...) -> (batch * beam_width, ...), each row beam_width times.
+        return tf.repeat(x, beam_width, axis=0)
+
+    def by_beam(x, beam):  # Reorders (batch * beam_width, ...) rows by the chosen beams.
+        shape = tf.shape(x)
+        grouped = tf.reshape(x, tf.concat([[batch, beam_width], shape[1:]], 0))
+        return tf.reshape(tf.gather(grouped, beam, batch_dims=1), shape)
+
+    state, context = tf.nest.map_structure(tile, state), tf.nest.map_structure(tile, context)
+    # Only the first beam is live at the start, so the beams do not all pick the same word.
+    scores = tf.tile(tf.where(tf.range(beam_width) == 0, 0.0, NEVER)[None], [batch, 1])
+    tokens = tf.fill([batch * beam_width], tf.cast(start_id, tf.int64))
+    finished = tf.zeros([batch, beam_width], tf.bool)
+    lengths = tf.zeros([batch, beam_width])
+    sequences = tf.zeros([batch, beam_width, 0], tf.int64)
+
+    def body(t, tokens, state, scores, finished, lengths, sequences):
+        log_probabilities, state = step(tokens, state, context)
+        vocabulary_size = tf.shape(log_probabilities)[-1]
+        log_probabilities = tf.reshape(log_probabilities, [batch, beam_width, -1])
+        # A finished sequence can only be continued by padding, at no cost.
+        padding_only = tf.one_hot(0, vocabulary_size, on_value=0.0, off_value=NEVER)
+        log_probabilities = tf.where(finished[..., None], padding_only, log_probabilities)
+        # The best beam_width words of each beam hold the best beam_width continuations of
+        # all; ranking words within a beam first makes width 1 exactly greedy (no rounding
+        # from adding the beam's score before the comparison).
+        word_scores, word_ids = tf.math.top_k(log_probabilities,
+                                              k=tf.minimum(beam_width, vocabulary_size))
+        candidates = tf.reshape(scores[..., None] + word_scores, [batch, -1])
+        scores, chosen = tf.math.top_k(candidates, k=beam_width)  # (batch, beam_width)
+        beam = chosen // tf.shape(word_ids)[-1]
+        words = tf.gather(tf.reshape(tf.cast(word_ids, tf.int64), [batch, -1]), chosen,
+                          batch_dims=1)
+        was_finished = tf.gather(finished, beam, batch_dims=1)
+        lengths = tf.gather(lengths, beam, batch_dims=1) + tf.cast(~was_finished, tf.float32)
+        finished = was_finished | tf.equal(words, end_id)
+        sequences = tf.concat([tf.gather(sequences, beam, batch_dims=1), words[..., None]], -1)
+        state = tf.nest.map_structure(lambda x: by_beam(x, beam), state)
+        return t + 1, tf.reshape(words, [-1]), state, scores, finished, lengths, sequences
+
+    matrix = tf.TensorShape([None, None])
+    *_, scores, finished, lengths, sequences = tf.while_loop(
+        lambda t, *args: (t < max_length) & ~tf.reduce_all(args[3]),
+        body, (tf.constant(0), tokens, state, scores, finished, lengths, sequences),
+        shape_invariants=(tf.TensorShape([]), tf.TensorShape([None]),
+                          tf.nest.map_structure(_loose_shape, state), matrix, matrix, matrix,
+                          tf.TensorShape([None, None, None])))
+    ranked = scores / tf.maximum(lengths, 1.0) ** length_penalty
+    best = tf.argmax(ranked, axis=-1, output_type=tf.int32)  # (batch,)
+    return tf.gather(sequences, best, batch_dims=1), tf.gather(scores, best, batch_dims=1)
+
+
+def ids_to_words(vocabulary, ids, skip_ids):
+    """Word ids `(batch, time)` -> `(batch,)` strings of space-separated words, leaving out
+    `skip_ids` (padding, start and end tokens)."""
+    keep = tf.reduce_all(tf.not_equal(ids[..., None], tf.constant(list(skip_ids), ids.dtype)), -1)
+    words = tf.ragged.boolean_mask(tf.gather(tf.constant(list(vocabulary)), ids), keep)
+    return tf.strings.reduce_join(words, axis=-1, separator=" ")
+
+
+def _loose_shape(x):
+    """The shape invariant of a loop variable: batch (and any other) size may change."""
+    return tf.TensorShape([None] * x.shape.rank)
