@@ -5,11 +5,12 @@ Loads `BASE_DIR/APP/<latest version>` with plain `tf.saved_model.load` and calls
 
 - one request at a time: p50 and p99 latency over `--requests` calls, cycling through real
   inputs (for IMDB, test reviews of the shipped sample: 10 to 1,000 words; for translation,
-  the English sentences of the shipped sample, greedy decoding);
+  the English sentences of the shipped sample, greedy decoding; for nextframe, 10 frames of
+  moving shapes in, 10 predicted);
 - batches of `--batch-size`: throughput in examples per second.
 
     elman export imdb            # or `elman demo`: writes saved_models/imdb/<version>/
-    python benchmarks/serving_latency.py [--apps imdb translation] [--base-dir saved_models]
+    python benchmarks/serving_latency.py [--apps imdb translation nextframe] [--base-dir DIR]
 """
 
 import argparse
@@ -24,21 +25,43 @@ import tensorflow as tf  # noqa: E402
 from elman import export  # noqa: E402
 
 
-def imdb_texts():
+def _text_requests(input_name, texts, batch_size):
+    """One request per text, a batch of `batch_size` texts, and what the inputs are."""
+    words = np.array([len(text.split()) for text in texts])
+    batch = (texts * (batch_size // len(texts) + 1))[:batch_size]
+    return ([{input_name: tf.constant([text])} for text in texts],
+            {input_name: tf.constant(batch)},
+            f"texts of median {np.median(words):.0f} words, max {words.max()}")
+
+
+def imdb_requests(batch_size):
     from elman.datasets.imdb import load_imdb
 
     # The test reviews of the shipped sample, never training reviews.
-    return "review", load_imdb(None)["test"][0]
+    return _text_requests("review", load_imdb(None)["test"][0], batch_size)
 
 
-def translation_texts():
+def translation_requests(batch_size):
     from elman.datasets.anki import load_anki
 
-    return "sentence", [english for english, _ in load_anki(None)["pairs"]]
+    return _text_requests("sentence", [english for english, _ in load_anki(None)["pairs"]],
+                          batch_size)
 
 
-# App -> `(signature input name, example texts)`.
-REQUESTS = {"imdb": imdb_texts, "translation": translation_texts}
+def nextframe_requests(batch_size):
+    from elman.datasets import moving_mnist
+
+    digits = moving_mnist.synthetic_shapes(16)
+    frames = moving_mnist.moving_sequences(digits, range(batch_size), seed=0, frames=10)
+    frames = tf.constant(frames[..., None].astype("float32") / 255.0)
+    ten = tf.constant(10, tf.int32)
+    return ([{"frames": frames[i:i + 1], "num_frames": ten} for i in range(batch_size)],
+            {"frames": frames, "num_frames": ten}, "10 frames in, 10 predicted")
+
+
+# App -> `batch_size -> (single requests, one batch request, description)`.
+REQUESTS = {"imdb": imdb_requests, "translation": translation_requests,
+            "nextframe": nextframe_requests}
 
 
 def main():
@@ -53,8 +76,7 @@ def main():
     for name in args.apps:
         loaded, version = export.load_saved_model(name, args.base_dir)
         serve = loaded.signatures["serving_default"]
-        input_name, texts = REQUESTS[name]()
-        requests = [{input_name: tf.constant([text])} for text in texts]
+        requests, batch, description = REQUESTS[name](args.batch_size)
         for request in requests[:20]:  # warm-up
             serve(**request)
         latencies = []
@@ -63,9 +85,6 @@ def main():
             serve(**requests[index % len(requests)])
             latencies.append(time.perf_counter() - started)
         latencies = 1e3 * np.array(latencies)
-        words = np.array([len(text.split()) for text in texts])
-        batch = {input_name: tf.constant((texts * (args.batch_size // len(texts) + 1))
-                                       [:args.batch_size])}
         serve(**batch)
         rounds, started = 20, time.perf_counter()
         for _ in range(rounds):
@@ -73,9 +92,8 @@ def main():
         throughput = rounds * args.batch_size / (time.perf_counter() - started)
         print(f"{name} (saved_models version {version}): one request p50 "
               f"{np.percentile(latencies, 50):.2f} ms, p99 {np.percentile(latencies, 99):.2f} ms "
-              f"over {args.requests} requests (texts of median {np.median(words):.0f} words, "
-              f"max {words.max()}); batch {args.batch_size}: {throughput:.0f} texts/s",
-              flush=True)
+              f"over {args.requests} requests ({description}); batch {args.batch_size}: "
+              f"{throughput:.0f} requests/s", flush=True)
 
 
 if __name__ == "__main__":
