@@ -13,6 +13,7 @@ APP_MODULES = {
     "imdb": "elman.apps.imdb.model",  # many-to-one: review text -> sentiment
     "translation": "elman.apps.translation.model",  # many-to-many: sentence -> sentence
     "nextframe": "elman.apps.nextframe.model",  # many-to-many: frames -> next frames
+    "captioning": "elman.apps.captioning.model",  # one-to-many: image -> sentence
 }
 
 

@@ -308,6 +308,15 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as error:
         print(f"elman: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # A model that rejects its input (tf.errors.InvalidArgumentError).
+        if type(error).__name__ != "InvalidArgumentError":
+            raise
+        # The op's own message, without TensorFlow's frames around it.
+        lines = [line.strip() for line in str(error).splitlines()]
+        reason = next((line for line in lines if line and not line.startswith(
+            ("Graph execution error", "Detected at", "<stack", "[["))), str(error))
+        print(f"elman: error: the model rejected the input: {reason}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0

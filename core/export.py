@@ -50,6 +50,9 @@ def export(app, model, base_dir=DEFAULT_BASE_DIR, version=None):
     app_dir.mkdir(parents=True, exist_ok=True)
     archive = keras.export.ExportArchive()
     archive.track(model)
+    # Objects the signatures use besides the model (e.g. a pretrained CNN), if the app has any.
+    for dependency in getattr(app, "export_dependencies", lambda model: [])(model):
+        archive.track(dependency)
     for name, function in app.export_signatures(model).items():
         archive.add_endpoint(name, function)
     temporary = app_dir / f".tmp-{version}-{uuid.uuid4().hex}"

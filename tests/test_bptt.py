@@ -20,9 +20,14 @@ from reference import ACTIVATIONS
 
 @pytest.fixture
 def float64():
+    # Keras fixes its global dtype policy from floatx the first time it is read: restore both,
+    # or every model built afterwards in this process computes in float64.
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
-    keras.config.set_floatx("float32")
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)
 
 
 def _weights(cell):

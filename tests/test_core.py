@@ -136,3 +136,21 @@ def test_every_search_space_gives_a_config_that_trains(name):
     model = tuning.AppHyperModel(app, app.SMOKE, data).build(keras_tuner.HyperParameters())
     loss = model.train_on_batch(*next(iter(data.train)))
     assert np.isfinite(loss if np.isscalar(loss) else loss[0])
+
+
+def test_registered_names_are_unique_across_apps():
+    """Keras's registry maps `elman>Name` to one object: two apps registering the same name
+    would load each other's functions from `.keras` files."""
+    import importlib
+    import inspect
+
+    from elman.apps import APP_MODULES
+
+    modules = [importlib.import_module(name) for name in APP_MODULES.values()]
+    for module in modules:
+        for name, value in vars(module).items():
+            if (inspect.isfunction(value) or inspect.isclass(value)) and \
+                    value.__module__ == module.__name__:
+                registered = keras.saving.get_registered_object(f"elman>{name}")
+                if registered is not None:
+                    assert registered is value, f"elman>{name} is registered twice"

@@ -1,0 +1,555 @@
+"""Image captioning, one-to-many: one image in, a sentence out.
+
+A CNN sees the image once; its feature vector becomes the Elman decoder's first state s_0, and
+the decoder writes the caption word by word (Show and Tell, Vinyals et al. 2015, with an Elman
+cell in place of the LSTM):
+
+    image -> CNN -> feature vector                                        # (batch, features)
+          -> Dropout, Dense(tanh): s_0                                     # (batch, units)
+    caption (string, teacher forcing in training)
+      -> "[start] ... [end]" word ids, shifted right                      # (batch, time)
+      -> Embedding, ElmanRNN(ElmanCell) from s_0: s_t                     # (batch, time, units)
+      -> Dropout, Dense: logits of the next word                          # (batch, time, vocabulary)
+
+Two encoders (`Config.encoder`):
+
+- `efficientnet_lite0`: EfficientNet-Lite0 with ImageNet weights (`<data dir>/weights/`),
+  frozen. Its pooled features are computed once per image and cached on disk, so training epochs
+  never re-run the CNN; the model trains on the cached features (input `image_features`).
+- `small_cnn`: a small CNN trained from scratch with the decoder (input `image`, pixels in
+  [0, 1]); the default without a data directory, on synthetic shapes with exact captions.
+
+The exported SavedModel takes encoded images (`image_bytes`, JPEG or PNG) and returns the caption
+(`serving_default`: greedy; `beam_search`: any width); it decodes, resizes and runs the CNN
+itself. Bytes that are not a JPEG or PNG give an empty caption and `valid` false.
+"""
+
+import base64
+import dataclasses
+import html
+import json
+import weakref
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from elman import decoding
+from elman.apps.captioning import encoders
+from elman.datasets import flickr8k, resolve_data_dir
+from elman.layers import ElmanCell, ElmanRNN
+from elman.text import MaskedAccuracy, MaskedCrossentropy, SequenceLength, teacher_forcing
+
+NAME = "captioning"
+MONITOR = "val_loss"
+START, END = "[start]", "[end]"
+ENCODERS = ("efficientnet_lite0", "small_cnn")
+PRETRAINED_FEATURES = 1280
+EXAMPLES = ("synthetic:0", "synthetic:1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # Where the data is: empty means $ELMAN_DATA_DIR, and without it synthetic shapes.
+    data_dir: str = ""
+    # efficientnet_lite0 (pretrained, frozen, features cached) or small_cnn (from scratch).
+    # Empty: efficientnet_lite0 with a data directory, small_cnn on synthetic shapes.
+    encoder: str = ""
+    # Where cached image features go (empty: ~/.cache/elman/captioning).
+    cache_dir: str = ""
+    # Synthetic shapes: training pictures (validation and test get a tenth each).
+    synthetic_images: int = 3000
+    # Flickr8k: use only the first N images of each official list (0: all), for quick runs.
+    max_images: int = 0
+    vocabulary_size: int = 6000
+    # The longest caption written (and trained on), in words.
+    max_caption_length: int = 25
+    embedding_dim: int = 256
+    hidden_units: int = 512
+    activation: str = "tanh"
+    dropout: float = 0.3
+    learning_rate: float = 1e-3
+    clipnorm: float = 1.0
+    batch_size: int = 64
+    epochs: int = 15
+    patience: int = 3
+    beam_width: int = 3
+    length_penalty: float = 0.6
+    seed: int = 0
+
+
+SMOKE = Config(synthetic_images=600, vocabulary_size=100, embedding_dim=32, hidden_units=64,
+               batch_size=32, learning_rate=3e-3, epochs=6, dropout=0.0)
+
+
+def search_space(hp, config):
+    """The tuner's search space: returns `config` with the searched values set from `hp`."""
+    return dataclasses.replace(
+        config,
+        hidden_units=hp.Choice("hidden_units", [256, 512, 1024]),
+        embedding_dim=hp.Choice("embedding_dim", [128, 256, 512]),
+        learning_rate=hp.Float("learning_rate", 3e-4, 3e-3, sampling="log"),
+        dropout=hp.Float("dropout", 0.0, 0.5, step=0.1),
+    )
+
+
+def encoder_name(config):
+    """The encoder a config uses (resolving the empty default)."""
+    if config.encoder:
+        if config.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, received "
+                             f"encoder={config.encoder!r}")
+        return config.encoder
+    return "efficientnet_lite0" if resolve_data_dir(config.data_dir or None) else "small_cnn"
+
+
+# Text.
+
+@keras.saving.register_keras_serializable(package="elman")
+def standardize_caption(caption):
+    """Lower-case words without punctuation: `(batch,)` string -> `(batch,)` string."""
+    caption = tf.strings.unicode_transcode(caption, "UTF-8", "UTF-8", errors="replace",
+                                           replacement_char=0xFFFD)
+    caption = tf.strings.lower(caption, encoding="utf-8")
+    caption = tf.strings.regex_replace(caption, r"[^\p{L}\p{N}']+", " ")
+    return tf.strings.strip(caption)
+
+
+@keras.saving.register_keras_serializable(package="elman")
+def standardize_caption_target(caption):
+    """`standardize_caption` between "[start]" and "[end]"."""
+    return tf.strings.join([START + " ", standardize_caption(caption), " " + END])
+
+
+def _vectorizer(config, vocabulary=None):
+    return keras.layers.TextVectorization(
+        max_tokens=config.vocabulary_size, standardize=standardize_caption_target,
+        vocabulary=vocabulary, name="caption_vectorizer")
+
+
+# Images.
+
+def decode_images(image_bytes, image_size):
+    """Encoded JPEG/PNG bytes `(batch,)` -> `(pixels (batch, size, size, 3) float in [0, 255],
+    valid (batch,) bool)`; anything that is not a JPEG or PNG gives black pixels, invalid."""
+
+    def one(data):
+        is_jpeg = tf.strings.substr(data, 0, 3) == b"\xff\xd8\xff"
+        is_png = tf.strings.substr(data, 0, 8) == b"\x89PNG\r\n\x1a\n"
+
+        def decode():
+            image = tf.cond(is_jpeg,
+                            lambda: tf.io.decode_jpeg(data, channels=3,
+                                                      try_recover_truncated=True,
+                                                      acceptable_fraction=0.1),
+                            lambda: tf.io.decode_png(data, channels=3))
+            return tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size])
+
+        valid = is_jpeg | is_png
+        pixels = tf.cond(valid, decode, lambda: tf.zeros([image_size, image_size, 3]))
+        return pixels, valid
+
+    return tf.map_fn(one, image_bytes,
+                     fn_output_signature=(tf.TensorSpec([image_size, image_size, 3], tf.float32),
+                                          tf.TensorSpec([], tf.bool)))
+
+
+def pretrained_encoder(data_dir=None):
+    """EfficientNet-Lite0 with its ImageNet weights, frozen: pixels in [0, 255]
+    `(batch, 224, 224, 3)` -> pooled features `(batch, 1280)`."""
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        raise FileNotFoundError("the efficientnet_lite0 encoder needs its weights: set "
+                                "ELMAN_DATA_DIR (or --data-dir) to the folder holding "
+                                f"weights/{encoders.EFFICIENTNET_LITE0_FILE}")
+    trunk = encoders.efficientnet_lite0()
+    encoders.load_efficientnet_lite0_weights(trunk, root / "weights" /
+                                             encoders.EFFICIENTNET_LITE0_FILE)
+    pixels = keras.Input((224, 224, 3), name="pixels")
+    features = keras.layers.GlobalAveragePooling2D()(
+        trunk(encoders.preprocess_efficientnet_lite(pixels), training=False))
+    model = keras.Model(pixels, features, name="efficientnet_lite0_features")
+    model.trainable = False
+    return model
+
+
+def _cached_features(config, split_name, names, images):
+    """Pooled CNN features of `names` `(n, 1280)`, computed once and kept in the cache folder."""
+    folder = Path(config.cache_dir or Path.home() / ".cache" / "elman" / "captioning")
+    path = folder / f"flickr8k-efficientnet_lite0-{split_name}-{len(names)}.npz"
+    if path.is_file():
+        cached = np.load(path)
+        if list(cached["names"]) == list(names):
+            return cached["features"]
+    print(f"[elman] captioning: computing CNN features of {len(names)} {split_name} images "
+          f"(cached in {path})", flush=True)
+    encoder = pretrained_encoder(config.data_dir or None)
+    progress = keras.utils.Progbar(len(names))
+    features = []
+    for start in range(0, len(names), 64):
+        chunk = names[start:start + 64]
+        pixels, _ = decode_images(tf.constant(images.read_many(chunk)), 224)
+        features.append(encoder(pixels, training=False).numpy())
+        progress.add(len(chunk))
+    features = np.concatenate(features).astype("float32")
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp.npz")
+    np.savez(temporary, names=np.array(names), features=features)
+    temporary.rename(path)  # Atomic: an interrupted run never leaves half a cache.
+    return features
+
+
+# Data.
+
+@dataclasses.dataclass
+class Data:
+    """Splits as `tf.data` datasets of `({image input: ..., "caption": text}, labels)` batches,
+    one example per (image, caption) pair; the test images once each with all their references
+    (for BLEU); and the vocabulary."""
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    test: tf.data.Dataset
+    test_inputs: np.ndarray  # One row per test image: features or pixels in [0, 1].
+    test_references: list  # Per test image, its reference captions.
+    test_image_bytes: callable  # indices -> [encoded image bytes], for the contact sheet.
+    vocabulary: list
+    image_input: str  # "image_features" or "image".
+    source: str
+
+
+def load_data(config):
+    """Flickr8k with cached CNN features, or synthetic shapes without a data directory."""
+    encoder = encoder_name(config)
+    root = resolve_data_dir(config.data_dir or None)
+    if root is None:
+        if encoder != "small_cnn":
+            raise ValueError("the efficientnet_lite0 encoder needs a data directory; without "
+                             "one use encoder=small_cnn (synthetic shapes)")
+        count = config.synthetic_images
+        splits = {}
+        for split, (size, seed) in {"train": (count, config.seed + 1),
+                                    "validation": (max(count // 10, 1), config.seed + 2),
+                                    "test": (max(count // 10, 1), config.seed + 3)}.items():
+            images, captions = flickr8k.synthetic_captions(size, seed=seed)
+            splits[split] = (images.astype("float32") / 255.0, [[c] for c in captions])
+        source = f"synthetic shapes ({count} training pictures)"
+
+        def image_bytes(indices):
+            images = splits["test"][0]
+            return [flickr8k.encode_png((images[i] * 255).round().astype(np.uint8))
+                    for i in indices]
+    else:
+        loaded = flickr8k.load_flickr8k(root)
+        splits = {}
+        for split in ("train", "validation", "test"):
+            if config.max_images:
+                loaded[split] = loaded[split][:config.max_images]
+            names = [name for name, _ in loaded[split]]
+            if encoder == "small_cnn":
+                pixels, _ = decode_images(tf.constant(loaded["images"].read_many(names)), 64)
+                inputs = pixels.numpy() / 255.0
+            else:
+                inputs = _cached_features(config, split, names, loaded["images"])
+            splits[split] = (inputs, [captions for _, captions in loaded[split]])
+        source = f"{loaded['source']} (encoder {encoder})"
+        test_names = [name for name, _ in loaded["test"]]
+
+        def image_bytes(indices):
+            return loaded["images"].read_many([test_names[i] for i in indices])
+
+    image_input = "image" if encoder == "small_cnn" else "image_features"
+    vectorizer = _vectorizer(config)
+    train_captions = [caption for captions in splits["train"][1] for caption in captions]
+    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(train_captions).batch(2048))
+    caption_length = SequenceLength(config.max_caption_length + 2)
+
+    def dataset(split, shuffle):
+        inputs, references = splits[split]
+        image_index = [i for i, captions in enumerate(references) for _ in captions]
+        captions = [caption for captions in references for caption in captions]
+        table = tf.constant(inputs)
+        data = tf.data.Dataset.from_tensor_slices((image_index, captions))
+        if shuffle:
+            data = data.shuffle(len(captions), seed=config.seed, reshuffle_each_iteration=True)
+
+        def pair(index, caption):
+            _, labels = teacher_forcing(caption_length(vectorizer(caption)))
+            return {image_input: tf.gather(table, index), "caption": caption}, labels
+
+        data = data.batch(config.batch_size).map(pair, num_parallel_calls=tf.data.AUTOTUNE)
+        return data.prefetch(tf.data.AUTOTUNE)
+
+    return Data(train=dataset("train", True), validation=dataset("validation", False),
+                test=dataset("test", False), test_inputs=splits["test"][0],
+                test_references=splits["test"][1], test_image_bytes=image_bytes,
+                vocabulary=vectorizer.get_vocabulary(), image_input=image_input, source=source)
+
+
+# The model.
+
+def _small_cnn(filters=32):
+    convolution = dict(kernel_size=3, padding="same", activation="relu")
+    return keras.Sequential([
+        # Centred pixels: on white backgrounds, raw pixels near 1 give every image nearly
+        # the same features, and the decoder learns to ignore them.
+        keras.layers.Rescaling(2.0, offset=-1.0),
+        keras.layers.Conv2D(filters, **convolution), keras.layers.BatchNormalization(),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(2 * filters, **convolution), keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(4 * filters, **convolution), keras.layers.MaxPooling2D(),
+        # Flattened, not pooled, so that where a shape is ("above", "left of") survives;
+        # normalized, so that s_0 = tanh(...) of 8,192 features does not start saturated.
+        keras.layers.Flatten(), keras.layers.LayerNormalization(),
+    ], name="small_cnn")
+
+
+def build_model(config, data, recurrent_layer=None):
+    """Builds and compiles the captioner for teacher-forced training.
+
+    Inputs: `image_features` `(batch, 1280)` (efficientnet_lite0) or `image`
+    `(batch, 64, 64, 3)` in [0, 1] (small_cnn), and `caption` `(batch,)` string. Output: the
+    logits of each next word, `(batch, time, vocabulary)`.
+
+    Args:
+        recurrent_layer: optional Keras recurrent layer with `hidden_units` units (e.g.
+            `keras.layers.LSTM(512)`, Show and Tell's decoder), copied as the decoder instead
+            of `ElmanRNN(ElmanCell)`, for references trained in the same pipeline.
+    """
+    if data.image_input == "image":
+        image = keras.Input((64, 64, 3), name="image")
+        features = _small_cnn()(image)
+    else:
+        image = keras.Input((PRETRAINED_FEATURES,), name="image_features")
+        features = image
+    caption = keras.Input((), dtype="string", name="caption")
+    features = keras.layers.Dropout(config.dropout, name="feature_dropout")(features)
+    initial_state = keras.layers.Dense(config.hidden_units, activation="tanh",
+                                       name="initial_state")(features)
+    vectorizer = _vectorizer(config, data.vocabulary)
+    caption_ids = SequenceLength(config.max_caption_length + 2,
+                                 name="caption_length")(vectorizer(caption))
+    decoder_inputs, _ = teacher_forcing(caption_ids)
+    embedded = keras.layers.Embedding(len(data.vocabulary), config.embedding_dim,
+                                      name="word_embedding")(decoder_inputs)
+    if recurrent_layer is None:
+        decoder = ElmanRNN(ElmanCell(config.hidden_units, activation=config.activation),
+                           return_sequences=True, name="decoder")
+    else:  # A copy of the template, named as the decoding loops expect.
+        decoder = recurrent_layer.__class__.from_config(
+            {**recurrent_layer.get_config(), "name": "decoder", "return_sequences": True,
+             "return_state": False})
+    # The image is the first state; an LSTM reference's cell state starts at zero.
+    states = decoder(embedded, initial_state=_initial_states(decoder, initial_state),
+                     mask=ops.not_equal(decoder_inputs, 0))
+    states = keras.layers.Dropout(config.dropout, name="state_dropout")(states)
+    logits = keras.layers.Dense(len(data.vocabulary), name="next_word")(states)
+    model = keras.Model({data.image_input: image, "caption": caption}, logits,
+                        name="captioning_elman")
+    optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
+    model.compile(optimizer, loss=MaskedCrossentropy(), metrics=[MaskedAccuracy(name="accuracy")])
+    return model
+
+
+def _initial_states(decoder, initial_state):
+    """`[s_0]`, followed by zeros for any further state of the cell (an LSTM's c_0)."""
+    count = len(tf.nest.flatten(decoder.cell.state_size))
+    return [initial_state] + [ops.zeros_like(initial_state)] * (count - 1)
+
+
+class Captioner:
+    """Greedy and beam-search captions from a trained model, as graph functions.
+
+    Args:
+        model: a model from `build_model`.
+        length_penalty: alpha of beam search's ranking `log P / length ** alpha`.
+    """
+
+    def __init__(self, model, length_penalty=0.6):
+        self.model = model
+        self.vocabulary = model.get_layer("caption_vectorizer").get_vocabulary()
+        self.start_id, self.end_id = self.vocabulary.index(START), self.vocabulary.index(END)
+        self.max_length = model.get_layer("caption_length").max_length - 1
+        self.length_penalty = float(length_penalty)
+        self.decoder = model.get_layer("decoder")
+        never = np.zeros(len(self.vocabulary), "float32")
+        never[[0, self.start_id]] = decoding.NEVER
+        self._never = tf.constant(never)
+        image_input = model.input[0] if isinstance(model.input, list) else \
+            next(v for k, v in model.input.items() if k != "caption")
+        self._initial = keras.Model(image_input, model.get_layer("initial_state").output)
+
+    def _step(self, tokens, states, context):
+        embedded = self.model.get_layer("word_embedding")(tokens)
+        output, new_states = self.decoder.cell(embedded, list(states), training=False)
+        logits = self.model.get_layer("next_word")(output)
+        return tf.nn.log_softmax(logits) + self._never, list(tf.nest.flatten(new_states))
+
+    def _text(self, ids):
+        return decoding.ids_to_words(self.vocabulary, ids, (0, self.start_id, self.end_id))
+
+    def _states(self, images):
+        state = self._initial(images, training=False)  # s_0: (batch, units)
+        return _initial_states(self.decoder, state), (state,)
+
+    def greedy(self, images):
+        """Captions `images` (the model's image input) greedily: `(batch,)` strings."""
+        states, context = self._states(images)
+        return self._text(decoding.greedy_search(self._step, states, context, self.start_id,
+                                                 self.end_id, self.max_length))
+
+    def beam_search(self, images, beam_width):
+        """Beam-search captions and their log-probabilities, `(batch,)` each."""
+        states, context = self._states(images)
+        ids, scores = decoding.beam_search(self._step, states, context, self.start_id,
+                                           self.end_id, self.max_length, beam_width,
+                                           self.length_penalty)
+        return self._text(ids), scores
+
+
+# One image function per model: the signatures and the exporter must share its CNN.
+_IMAGE_FUNCTIONS = weakref.WeakKeyDictionary()
+
+
+def _image_function(model):
+    """Encoded bytes -> the model's image input, and the objects to track for export."""
+    if model in _IMAGE_FUNCTIONS:
+        return _IMAGE_FUNCTIONS[model]
+    names = [name for name in model.input if name != "caption"]
+    if names == ["image"]:
+        result = (lambda image_bytes: _scaled(decode_images(image_bytes, 64))), []
+    else:
+        encoder = pretrained_encoder()
+
+        def features(image_bytes):
+            pixels, valid = decode_images(image_bytes, 224)
+            return encoder(pixels, training=False), valid
+
+        result = features, [encoder]
+    _IMAGE_FUNCTIONS[model] = result
+    return result
+
+
+def _scaled(decoded):
+    pixels, valid = decoded
+    return pixels / 255.0, valid
+
+
+def export_dependencies(model):
+    """Objects the exported signatures use besides `model` (the pretrained CNN)."""
+    return _image_function(model)[1]
+
+
+def export_signatures(model, length_penalty=0.6):
+    """Serving signatures: `image_bytes` string `[batch]` (JPEG or PNG) -> `caption` string
+    `[batch]` and `valid` bool `[batch]` (false, with an empty caption, for bytes that are not
+    an image). `serving_default` is greedy; `beam_search` also takes `beam_width` (int32, 1-16).
+    """
+    captioner = Captioner(model, length_penalty)
+    to_input, _ = _image_function(model)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serving_default(image_bytes):
+        images, valid = to_input(tf.ensure_shape(image_bytes, [None]))
+        caption = tf.where(valid, captioner.greedy(images), "")
+        return {"caption": caption, "valid": valid}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes"),
+                                  tf.TensorSpec([], tf.int32, name="beam_width")])
+    def beam_search(image_bytes, beam_width):
+        checks = [tf.debugging.assert_greater_equal(beam_width, 1,
+                                                    message="beam_width must be at least 1"),
+                  tf.debugging.assert_less_equal(beam_width, 16,
+                                                 message="beam_width must be at most 16")]
+        with tf.control_dependencies(checks):
+            images, valid = to_input(tf.ensure_shape(image_bytes, [None]))
+            caption, _ = captioner.beam_search(images, beam_width)
+        return {"caption": tf.where(valid, caption, ""), "valid": valid}
+
+    return {"serving_default": serving_default, "beam_search": beam_search}
+
+
+def prediction_request(inputs):
+    """Image files (JPEG/PNG), or `synthetic:N` for synthetic test picture N -> the signature's
+    keyword arguments."""
+    if not inputs:
+        raise ValueError("elman predict captioning expects image files, received none")
+    images = []
+    for name in inputs:
+        if name.startswith("synthetic:"):
+            pictures, _ = flickr8k.synthetic_captions(int(name.split(":", 1)[1]) + 1, seed=3)
+            images.append(flickr8k.encode_png(pictures[-1]))
+        elif Path(name).is_file():
+            images.append(Path(name).read_bytes())
+        else:
+            raise ValueError(f"expected an image file or synthetic:N, received {name!r}")
+    return {"image_bytes": tf.constant(images)}
+
+
+def describe_prediction(inputs, outputs):
+    """One line per image: its caption, or why there is none."""
+    lines = []
+    for name, caption, valid in zip(inputs, outputs["caption"].numpy(), outputs["valid"].numpy()):
+        lines.append(f"{name}: {caption.decode()!r}" if valid else
+                     f"{name}: not a JPEG or PNG image")
+    return lines
+
+
+# Evaluation: corpus BLEU-1..4 against all references, and a contact sheet.
+
+def caption_all(function, inputs, batch_size=128):
+    """Runs a caption function over image inputs in batches; returns `str`s."""
+    captions = []
+    for start in range(0, len(inputs), batch_size):
+        batch = tf.constant(inputs[start:start + batch_size])
+        captions.extend(text.decode("utf-8") for text in function(batch).numpy())
+    return captions
+
+
+def bleu_scores(hypotheses, references):
+    """Corpus BLEU-1..4 (sacrebleu, lower case, no tokenization beyond the standardization)
+    against every reference of each image."""
+    import sacrebleu
+
+    standardized = [[standardize_caption(tf.constant(refs)).numpy()[i].decode()
+                     for i in range(len(refs))] for refs in references]
+    most = max(len(refs) for refs in standardized)
+    streams = [[refs[i] if i < len(refs) else None for refs in standardized]
+               for i in range(most)]
+    return {f"bleu{n}": sacrebleu.metrics.BLEU(max_ngram_order=n, tokenize="none")
+            .corpus_score(hypotheses, streams).score for n in range(1, 5)}
+
+
+def evaluation_report(model, data, run_dir=None, config=None, log=print, sheet_size=24):
+    """BLEU-1..4 of greedy and beam-search captions on the test images; with `run_dir`, writes
+    `captions.json` and `contact_sheet.html` (test images with generated and reference
+    captions)."""
+    config = config or Config()
+    captioner = Captioner(model, config.length_penalty)
+    functions = {"greedy": tf.function(captioner.greedy),
+                 f"beam{config.beam_width}": tf.function(
+                     lambda images: captioner.beam_search(images, config.beam_width)[0])}
+    report, captions = {"test_images": len(data.test_references)}, {}
+    for name, function in functions.items():
+        captions[name] = caption_all(function, data.test_inputs)
+        report[name] = bleu_scores(captions[name], data.test_references)
+        log(f"[elman] captioning: {name}: " + ", ".join(
+            f"BLEU-{n} {report[name][f'bleu{n}']:.1f}" for n in range(1, 5)))
+    if run_dir is not None:
+        Path(run_dir, "captions.json").write_text(json.dumps(
+            {"report": report, "captions": captions}, indent=1) + "\n")
+        rows = []
+        for index, image in enumerate(data.test_image_bytes(range(min(sheet_size,
+                                                                      len(data.test_inputs))))):
+            picture = base64.b64encode(image).decode()
+            generated = "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(texts[index])}"
+                                f"</li>" for name, texts in captions.items())
+            refs = "".join(f"<li>{html.escape(ref)}</li>" for ref in data.test_references[index])
+            rows.append(f"<tr><td><img src='data:image;base64,{picture}' width=160></td>"
+                        f"<td><ul>{generated}</ul><ul style='color:#666'>{refs}</ul></td></tr>")
+        Path(run_dir, "contact_sheet.html").write_text(
+            "<html><body><table>" + "".join(rows) + "</table></body></html>\n")
+        log(f"[elman] captioning: contact sheet in {Path(run_dir, 'contact_sheet.html')}")
+    return report

@@ -1,0 +1,128 @@
+"""The captioning app on synthetic shapes: overfitting, decoding, image bytes in, CLI."""
+
+import dataclasses
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import app_checks
+from elman.apps import get_app
+from elman.cli import main
+from elman.datasets import flickr8k
+
+app = get_app("captioning")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return app.load_data(app.SMOKE)
+
+
+@pytest.fixture(scope="module")
+def overfit(data):
+    """A model trained on 16 pictures until it knows their captions: `(model, inputs)`."""
+    keras.utils.set_random_seed(0)
+    model = app.build_model(dataclasses.replace(app.SMOKE, learning_rate=3e-3), data)
+    inputs, labels = next(iter(data.validation.unbatch().batch(16)))
+    model.fit(tf.data.Dataset.from_tensors((inputs, labels)).repeat(300), verbose=0)
+    return model, inputs
+
+
+def test_overfits_a_few_pictures_to_their_exact_captions(overfit):
+    model, inputs = overfit
+    captions = app.Captioner(model).greedy(inputs["image"]).numpy()
+    assert (captions == inputs["caption"].numpy()).sum() >= 15
+
+
+def test_beam_width_one_equals_greedy(overfit, data):
+    model, inputs = overfit
+    captioner = app.Captioner(model)
+    for images in (inputs["image"], tf.constant(data.test_inputs[:16])):
+        beam, _ = captioner.beam_search(images, 1)
+        np.testing.assert_array_equal(beam.numpy(), captioner.greedy(images).numpy())
+
+
+def test_training_step_changes_every_weight(data):
+    model = app.build_model(app.SMOKE, data)
+    app_checks.check_training_step_changes_every_weight(model, next(iter(data.train)))
+
+
+def test_keras_round_trip(data, tmp_path):
+    model = app.build_model(app.SMOKE, data)
+    inputs, _ = next(iter(data.validation))
+    app_checks.check_keras_round_trip(model, inputs, tmp_path)
+
+
+def test_exported_model_captions_png_and_jpeg_bytes(overfit, tmp_path):
+    model, inputs = overfit
+    pixels = np.round(inputs["image"].numpy()[:3] * 255).astype(np.uint8)
+    encoded = [flickr8k.encode_png(pixels[0]), flickr8k.encode_png(pixels[1]),
+               tf.io.encode_jpeg(pixels[2], quality=100).numpy(), b"not an image", b""]
+    request = {"image_bytes": tf.constant(encoded)}
+    version_dir = app_checks.check_export_without_elman(app, model, request, tmp_path)
+    loaded = tf.saved_model.load(str(version_dir))
+    outputs = loaded.signatures["serving_default"](**request)
+    assert outputs["valid"].numpy().tolist() == [True, True, True, False, False]
+    captions = outputs["caption"].numpy()
+    expected = inputs["caption"].numpy()
+    assert captions[0] == expected[0] and captions[1] == expected[1]  # PNG: lossless
+    assert captions[3] == b"" and captions[4] == b""
+    beam = loaded.signatures["beam_search"](image_bytes=request["image_bytes"],
+                                            beam_width=tf.constant(3))
+    assert beam["valid"].numpy().tolist() == [True, True, True, False, False]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="beam_width must be at least 1"):
+        loaded.signatures["beam_search"](image_bytes=request["image_bytes"],
+                                         beam_width=tf.constant(0))
+
+
+def test_an_lstm_reference_trains_and_decodes_in_the_same_pipeline(data):
+    model = app.build_model(app.SMOKE, data, recurrent_layer=keras.layers.LSTM(64))
+    assert isinstance(model.get_layer("decoder"), keras.layers.LSTM)
+    model.fit(data.train.take(2), verbose=0)
+    captioner = app.Captioner(model)
+    images = tf.constant(data.test_inputs[:8])
+    beam, _ = captioner.beam_search(images, 1)
+    np.testing.assert_array_equal(beam.numpy(), captioner.greedy(images).numpy())
+
+
+def test_bleu_uses_every_reference():
+    references = [["A red circle .", "a RED square"], ["a blue circle"]]
+    perfect = app.bleu_scores(["a red square", "a blue circle"], references)
+    assert perfect["bleu1"] == pytest.approx(100.0) and perfect["bleu4"] == pytest.approx(0.0)
+    assert app.bleu_scores(["a red circle", "a blue circle"], references)["bleu3"] == \
+        pytest.approx(100.0)
+
+
+def test_encoder_choice_and_missing_weights_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        app.encoder_name(dataclasses.replace(app.SMOKE, encoder="vgg"))
+    with pytest.raises(ValueError, match="needs a data directory"):
+        app.load_data(dataclasses.replace(app.SMOKE, encoder="efficientnet_lite0"))
+    with pytest.raises(FileNotFoundError, match="efficientnet_lite0_imagenet.npz"):
+        app.pretrained_encoder(tmp_path)
+
+
+def test_cli_verbs_end_to_end(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "captioning", "--smoke", "--set", "epochs=1"]) == 0
+    assert main(["evaluate", "captioning"]) == 0
+    run_dir = tmp_path / "runs" / "captioning"
+    report = json.loads((run_dir / "evaluation.json").read_text())["report"]
+    assert report["test_images"] == 60 and 0 <= report["greedy"]["bleu4"] <= 100
+    assert "<img src='data:image;base64," in (run_dir / "contact_sheet.html").read_text()
+    assert main(["export", "captioning"]) == 0
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (tmp_path / "text.png").write_bytes(b"hello")
+    capsys.readouterr()
+    assert main(["predict", "captioning", "synthetic:0", "text.png"]) == 0
+    printed = capsys.readouterr().out
+    assert "synthetic:0: 'a " in printed and "text.png: not a JPEG or PNG image" in printed
+    # A JPEG header with garbage after it cannot be told apart without decoding it: the model
+    # rejects the request, and the command line says so in one line.
+    assert main(["predict", "captioning", "broken.jpg"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("elman: error: the model rejected the input:") and "JPEG" in error
+    assert len(error.strip().splitlines()) == 1
