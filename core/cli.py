@@ -213,8 +213,9 @@ def _demo(args):
             from elman.config import apply_overrides
             config = apply_overrides(config, [f"data_dir={data_dir}"])
         print(f"\n=== {name}: " + ("full config on the real data" if data_dir else
-                                  "SMOKE preset on the shipped sample: this shows every step "
-                                  "end to end in seconds; set ELMAN_DATA_DIR for a real model"))
+                                  "SMOKE preset on the shipped sample or synthetic data: this "
+                                  "shows every step end to end in seconds; set ELMAN_DATA_DIR "
+                                  "for a real model"))
         run_dir = args.runs_dir / f"{name}-demo"
         data = app.load_data(config)
         model, _ = training.train(app, config, run_dir, data=data, verbose=2,
