@@ -309,8 +309,10 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as error:
         print(f"elman: error: {error}", file=sys.stderr)
         return 2
-    except Exception as error:  # A model that rejects its input (tf.errors.InvalidArgumentError).
-        if type(error).__name__ != "InvalidArgumentError":
+    except Exception as error:  # A model that rejects its input.
+        import tensorflow as tf  # Already loaded by whatever raised it.
+
+        if not isinstance(error, tf.errors.InvalidArgumentError):
             raise
         # The op's own message, without TensorFlow's frames around it.
         lines = [line.strip() for line in str(error).splitlines()]

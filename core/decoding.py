@@ -12,7 +12,10 @@ the encoder states), and `log_probabilities` `(batch, vocabulary)`. Padding (id 
 after the end token; a finished sequence never changes again.
 """
 
+import numpy as np
 import tensorflow as tf
+
+from elman.text import END, START
 
 # Added to the log-probability of words that must not be written; finite so sums stay finite.
 NEVER = -1e9
@@ -125,6 +128,73 @@ def ids_to_words(vocabulary, ids, skip_ids):
     keep = tf.reduce_all(tf.not_equal(ids[..., None], tf.constant(list(skip_ids), ids.dtype)), -1)
     words = tf.ragged.boolean_mask(tf.gather(tf.constant(list(vocabulary)), ids), keep)
     return tf.strings.reduce_join(words, axis=-1, separator=" ")
+
+
+def check_beam_width(beam_width, maximum):
+    """In-graph checks that `beam_width` is in [1, maximum], with messages a client can read."""
+    return [tf.debugging.assert_greater_equal(beam_width, 1,
+                                              message="beam_width must be at least 1"),
+            tf.debugging.assert_less_equal(beam_width, maximum,
+                                           message=f"beam_width must be at most {maximum}")]
+
+
+def decode_in_batches(function, inputs, batch_size=256):
+    """Runs a function of `(batch, ...)` inputs returning `(batch,)` strings over `inputs` (a
+    list or an array) in batches; returns `str`s."""
+    texts = []
+    for start in range(0, len(inputs), batch_size):
+        batch = tf.constant(inputs[start:start + batch_size])
+        texts.extend(text.decode("utf-8") for text in function(batch).numpy())
+    return texts
+
+
+class TextDecoder:
+    """What a trained text-writing model's decoding loops need besides its step: the target
+    vocabulary's special words, the longest output, and the words never written.
+
+    Subclasses define `_step(tokens, states, context)` (see the module docstring) and call
+    `search` with the states and context they compute from their input.
+
+    Args:
+        vectorizer: the target `TextVectorization` layer (its vocabulary has "[start]" and
+            "[end]").
+        length_layer: the target's `elman.text.SequenceLength` ("[start]", words, "[end]").
+        length_penalty: alpha of beam search's ranking `log P / length ** alpha`.
+    """
+
+    def __init__(self, vectorizer, length_layer, length_penalty=0.6):
+        self.vocabulary = vectorizer.get_vocabulary()
+        self.start_id, self.end_id = self.vocabulary.index(START), self.vocabulary.index(END)
+        self.max_length = length_layer.max_length - 1
+        self.length_penalty = float(length_penalty)
+        # Words never written: padding (it marks the end) and "[start]".
+        never = np.zeros(len(self.vocabulary), "float32")
+        never[[0, self.start_id]] = NEVER
+        self._never = tf.constant(never)
+
+    def next_word(self, logits):
+        """Logits `(batch, vocabulary)` -> log-probabilities, never padding nor "[start]"."""
+        return tf.nn.log_softmax(logits) + self._never
+
+    def words(self, ids):
+        """Ids `(batch, time)` -> `(batch,)` space-separated words, without special words."""
+        return ids_to_words(self.vocabulary, ids, (0, self.start_id, self.end_id))
+
+    def search(self, states, context, beam_width=None):
+        """Greedy ids `(batch, time)` without `beam_width`; else beam search's
+        `(ids, log_probabilities)`."""
+        if beam_width is None:
+            return greedy_search(self._step, states, context, self.start_id, self.end_id,
+                                 self.max_length)
+        return beam_search(self._step, states, context, self.start_id, self.end_id,
+                           self.max_length, beam_width, self.length_penalty)
+
+
+def reference_streams(references):
+    """sacrebleu's reference streams from a list of reference lists of varying lengths (a
+    missing reference is `None`)."""
+    most = max(len(refs) for refs in references)
+    return [[refs[i] if i < len(refs) else None for refs in references] for i in range(most)]
 
 
 def _loose_shape(x):

@@ -7,6 +7,10 @@ A decoder trained with teacher forcing reads "[start] w_1 ... w_n" and learns to
 import keras
 from keras import ops
 
+# The words that open and close every target sequence; standardized text has no brackets, so
+# no real word can be one of them.
+START, END = "[start]", "[end]"
+
 
 @keras.saving.register_keras_serializable(package="elman")
 class SequenceLength(keras.layers.Layer):

@@ -157,8 +157,9 @@ def _draw(image, shape, colour, centre, radius):
     image[inside] = colour
 
 
-def synthetic_captions(count, seed=0, size=64):
-    """`count` pictures of two coloured shapes and their one exact caption each.
+def synthetic_captions(count, seed=0, size=64, start=0):
+    """`count` pictures of two coloured shapes and their one exact caption each: examples
+    `start` to `start + count - 1`.
 
     Caption: "a <colour> <shape> <relation> a <colour> <shape>", e.g. "a red circle above a
     blue square"; the two shapes differ in colour or shape. Example `i` is a pure function of
@@ -171,7 +172,7 @@ def synthetic_captions(count, seed=0, size=64):
     captions = []
     radius = size // 8
     for index in range(count):
-        generator = np.random.default_rng([seed, index])
+        generator = np.random.default_rng([seed, start + index])
         while True:
             first = (generator.choice(list(COLOURS)), generator.choice(SHAPES))
             second = (generator.choice(list(COLOURS)), generator.choice(SHAPES))

@@ -2,7 +2,6 @@
 
 import keras
 import tensorflow as tf
-from keras import activations
 
 from elman.layers.elman_cell import ElmanCell
 

@@ -68,3 +68,10 @@ def test_synthetic_captions_describe_their_pictures():
         assert {"above": row_1 < row_2, "below": row_1 > row_2, "left of": column_1 < column_2,
                 "right of": column_1 > column_2}[relation], caption
     assert tf.io.decode_png(flickr8k.encode_png(images[0])).shape == (64, 64, 3)
+
+
+def test_synthetic_examples_can_be_drawn_from_any_index():
+    images, captions = flickr8k.synthetic_captions(5, seed=2)
+    tail_images, tail_captions = flickr8k.synthetic_captions(2, seed=2, start=3)
+    np.testing.assert_array_equal(tail_images, images[3:])
+    assert tail_captions == captions[3:]

@@ -40,11 +40,11 @@ from elman import decoding
 from elman.apps.captioning import encoders
 from elman.datasets import flickr8k, resolve_data_dir
 from elman.layers import ElmanCell, ElmanRNN
-from elman.text import MaskedAccuracy, MaskedCrossentropy, SequenceLength, teacher_forcing
+from elman.text import (END, START, MaskedAccuracy, MaskedCrossentropy, SequenceLength,
+                        teacher_forcing)
 
 NAME = "captioning"
 MONITOR = "val_loss"
-START, END = "[start]", "[end]"
 ENCODERS = ("efficientnet_lite0", "small_cnn")
 PRETRAINED_FEATURES = 1280
 EXAMPLES = ("synthetic:0", "synthetic:1")
@@ -359,7 +359,7 @@ def _initial_states(decoder, initial_state):
     return [initial_state] + [ops.zeros_like(initial_state)] * (count - 1)
 
 
-class Captioner:
+class Captioner(decoding.TextDecoder):
     """Greedy and beam-search captions from a trained model, as graph functions.
 
     Args:
@@ -368,27 +368,18 @@ class Captioner:
     """
 
     def __init__(self, model, length_penalty=0.6):
+        super().__init__(model.get_layer("caption_vectorizer"),
+                         model.get_layer("caption_length"), length_penalty)
         self.model = model
-        self.vocabulary = model.get_layer("caption_vectorizer").get_vocabulary()
-        self.start_id, self.end_id = self.vocabulary.index(START), self.vocabulary.index(END)
-        self.max_length = model.get_layer("caption_length").max_length - 1
-        self.length_penalty = float(length_penalty)
         self.decoder = model.get_layer("decoder")
-        never = np.zeros(len(self.vocabulary), "float32")
-        never[[0, self.start_id]] = decoding.NEVER
-        self._never = tf.constant(never)
-        image_input = model.input[0] if isinstance(model.input, list) else \
-            next(v for k, v in model.input.items() if k != "caption")
+        image_input = next(value for name, value in model.input.items() if name != "caption")
         self._initial = keras.Model(image_input, model.get_layer("initial_state").output)
 
     def _step(self, tokens, states, context):
         embedded = self.model.get_layer("word_embedding")(tokens)
         output, new_states = self.decoder.cell(embedded, list(states), training=False)
         logits = self.model.get_layer("next_word")(output)
-        return tf.nn.log_softmax(logits) + self._never, list(tf.nest.flatten(new_states))
-
-    def _text(self, ids):
-        return decoding.ids_to_words(self.vocabulary, ids, (0, self.start_id, self.end_id))
+        return self.next_word(logits), list(tf.nest.flatten(new_states))
 
     def _states(self, images):
         state = self._initial(images, training=False)  # s_0: (batch, units)
@@ -396,17 +387,12 @@ class Captioner:
 
     def greedy(self, images):
         """Captions `images` (the model's image input) greedily: `(batch,)` strings."""
-        states, context = self._states(images)
-        return self._text(decoding.greedy_search(self._step, states, context, self.start_id,
-                                                 self.end_id, self.max_length))
+        return self.words(self.search(*self._states(images)))
 
     def beam_search(self, images, beam_width):
         """Beam-search captions and their log-probabilities, `(batch,)` each."""
-        states, context = self._states(images)
-        ids, scores = decoding.beam_search(self._step, states, context, self.start_id,
-                                           self.end_id, self.max_length, beam_width,
-                                           self.length_penalty)
-        return self._text(ids), scores
+        ids, scores = self.search(*self._states(images), beam_width)
+        return self.words(ids), scores
 
 
 # One image function per model: the signatures and the exporter must share its CNN.
@@ -459,11 +445,7 @@ def export_signatures(model, length_penalty=0.6):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes"),
                                   tf.TensorSpec([], tf.int32, name="beam_width")])
     def beam_search(image_bytes, beam_width):
-        checks = [tf.debugging.assert_greater_equal(beam_width, 1,
-                                                    message="beam_width must be at least 1"),
-                  tf.debugging.assert_less_equal(beam_width, 16,
-                                                 message="beam_width must be at most 16")]
-        with tf.control_dependencies(checks):
+        with tf.control_dependencies(decoding.check_beam_width(beam_width, 16)):
             images, valid = to_input(tf.ensure_shape(image_bytes, [None]))
             caption, _ = captioner.beam_search(images, beam_width)
         return {"caption": tf.where(valid, caption, ""), "valid": valid}
@@ -479,8 +461,8 @@ def prediction_request(inputs):
     images = []
     for name in inputs:
         if name.startswith("synthetic:"):
-            pictures, _ = flickr8k.synthetic_captions(int(name.split(":", 1)[1]) + 1, seed=3)
-            images.append(flickr8k.encode_png(pictures[-1]))
+            pictures, _ = flickr8k.synthetic_captions(1, seed=3, start=int(name.split(":")[1]))
+            images.append(flickr8k.encode_png(pictures[0]))
         elif Path(name).is_file():
             images.append(Path(name).read_bytes())
         else:
@@ -499,25 +481,16 @@ def describe_prediction(inputs, outputs):
 
 # Evaluation: corpus BLEU-1..4 against all references, and a contact sheet.
 
-def caption_all(function, inputs, batch_size=128):
-    """Runs a caption function over image inputs in batches; returns `str`s."""
-    captions = []
-    for start in range(0, len(inputs), batch_size):
-        batch = tf.constant(inputs[start:start + batch_size])
-        captions.extend(text.decode("utf-8") for text in function(batch).numpy())
-    return captions
-
-
 def bleu_scores(hypotheses, references):
     """Corpus BLEU-1..4 (sacrebleu, lower case, no tokenization beyond the standardization)
     against every reference of each image."""
     import sacrebleu
 
-    standardized = [[standardize_caption(tf.constant(refs)).numpy()[i].decode()
-                     for i in range(len(refs))] for refs in references]
-    most = max(len(refs) for refs in standardized)
-    streams = [[refs[i] if i < len(refs) else None for refs in standardized]
-               for i in range(most)]
+    # Standardized in one call, then split back into each image's references.
+    flat = standardize_caption(tf.constant([ref for refs in references for ref in refs]))
+    words = iter(text.decode() for text in flat.numpy())
+    standardized = [[next(words) for _ in refs] for refs in references]
+    streams = decoding.reference_streams(standardized)
     return {f"bleu{n}": sacrebleu.metrics.BLEU(max_ngram_order=n, tokenize="none")
             .corpus_score(hypotheses, streams).score for n in range(1, 5)}
 
@@ -533,7 +506,7 @@ def evaluation_report(model, data, run_dir=None, config=None, log=print, sheet_s
                      lambda images: captioner.beam_search(images, config.beam_width)[0])}
     report, captions = {"test_images": len(data.test_references)}, {}
     for name, function in functions.items():
-        captions[name] = caption_all(function, data.test_inputs)
+        captions[name] = decoding.decode_in_batches(function, data.test_inputs, 128)
         report[name] = bleu_scores(captions[name], data.test_references)
         log(f"[elman] captioning: {name}: " + ", ".join(
             f"BLEU-{n} {report[name][f'bleu{n}']:.1f}" for n in range(1, 5)))

@@ -22,6 +22,7 @@ The app contract the shared core relies on: `NAME`, `Config`, `SMOKE`, `MONITOR`
 """
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -40,6 +41,8 @@ FRAME_SIZE = moving_mnist.FRAME_SIZE
 # What `elman demo` and `elman predict nextframe` show: test sequences by index.
 EXAMPLES = ("test:0", "test:1")
 MAX_PREDICTED_FRAMES = 100
+# The seed of the fixed test set: test sequence i is the same for every config and machine.
+TEST_SEED = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +133,8 @@ def load_data(config):
     train, _ = _split(config, digits["train"], config.train_sequences, config.seed + 1, True)
     validation, _ = _split(config, digits["train"], config.validation_sequences,
                            config.seed + 2, False)
-    test, generate_test = _split(config, digits["test"], config.test_sequences, 10_000, False)
+    test, generate_test = _split(config, digits["test"], config.test_sequences, TEST_SEED,
+                                 False)
     return Data(train=train, validation=validation, test=test, test_sequences=generate_test,
                 source=digits["source"])
 
@@ -376,14 +380,21 @@ def _as_frames(array, origin):
     return array.astype("float32")
 
 
+@functools.lru_cache(maxsize=2)
+def _test_digits(data_dir):
+    """The test digits, read once per process (`prediction_request` and `describe_prediction`
+    both need them)."""
+    return moving_mnist.load_digits(data_dir or None)["test"]
+
+
 def _example(name, config=None):
     """`test:N` -> `(input frames, true next frames)` of test sequence N, or `.npy` frames."""
     config = config or Config()
     if name.startswith("test:"):
         index = int(name.split(":", 1)[1])
-        digits = moving_mnist.load_digits(config.data_dir or None)["test"]
         sequence = moving_mnist.moving_sequence(
-            digits, index, 10_000, config.input_frames + config.output_frames,
+            _test_digits(config.data_dir), index, TEST_SEED,
+            config.input_frames + config.output_frames,
             config.digits_per_sequence)[None, ..., None].astype("float32") / 255.0
         return sequence[:, :config.input_frames], sequence[:, config.input_frames:]
     path = Path(name)
@@ -419,28 +430,22 @@ def describe_prediction(inputs, outputs):
         line = f"{name}: {ours.shape[1]} frames predicted after {given.shape[1]}"
         if truth is not None:
             copy_last = np.repeat(given[:, -1:], truth.shape[1], axis=1)
-            line += (f"; MSE per frame {frame_mse(ours, truth):.1f} "
-                     f"(copying the last frame: {frame_mse(copy_last, truth):.1f})")
+            line += (f"; MSE per frame {frame_errors(ours, truth)['mse'].mean():.1f} "
+                     f"(copying the last frame: "
+                     f"{frame_errors(copy_last, truth)['mse'].mean():.1f})")
         lines.append(line)
     return lines
 
 
 # Evaluation: per-frame MSE, MAE and SSIM on the fixed test set, beside copy-last-frame.
 
-def frame_mse(predicted, truth):
-    """Mean over frames of the squared error summed over the 64x64 pixels (OpenSTL's MSE)."""
-    return float(np.mean(np.sum((predicted - truth) ** 2, axis=(-3, -2, -1))))
-
-
-def frame_scores(predicted, truth):
-    """Per-frame MSE and MAE (summed over pixels) and SSIM, averaged over frames and sequences,
-    and MSE by frame index; arrays `(batch, time, 64, 64, 1)` in [0, 1]."""
+def frame_errors(predicted, truth):
+    """Per sequence and frame `(batch, time)`: squared and absolute errors summed over the
+    pixels (OpenSTL's MSE and MAE), and SSIM; arrays `(batch, time, 64, 64, 1)` in [0, 1]."""
     error = predicted - truth
-    ssim = tf.image.ssim(tf.constant(predicted), tf.constant(truth), max_val=1.0).numpy()
-    return {"mse": float(np.mean(np.sum(error ** 2, axis=(2, 3, 4)))),
-            "mae": float(np.mean(np.sum(np.abs(error), axis=(2, 3, 4)))),
-            "ssim": float(np.mean(ssim)),
-            "mse_by_frame": np.mean(np.sum(error ** 2, axis=(2, 3, 4)), axis=0).tolist()}
+    return {"mse": np.sum(error ** 2, axis=(2, 3, 4)),
+            "mae": np.sum(np.abs(error), axis=(2, 3, 4)),
+            "ssim": tf.image.ssim(tf.constant(predicted), tf.constant(truth), max_val=1.0).numpy()}
 
 
 def evaluation_report(model, data, run_dir=None, config=None, log=print, batch_size=100):
@@ -448,7 +453,7 @@ def evaluation_report(model, data, run_dir=None, config=None, log=print, batch_s
     PNG of input / truth / prediction for three sequences (`RUN_DIR/predictions.png`)."""
     config = config or Config()
     rollout = tf.function(lambda frames: predict_frames(model, frames, config.output_frames))
-    totals = {"model": [], "copy_last_frame": []}
+    errors = {"model": [], "copy_last_frame": []}
     log(f"[elman] nextframe: predicting {config.test_sequences} test sequences "
         f"({config.input_frames} -> {config.output_frames})")
     examples = None
@@ -459,17 +464,15 @@ def evaluation_report(model, data, run_dir=None, config=None, log=print, batch_s
         predicted = rollout(tf.constant(given)).numpy()
         copy_last = np.repeat(given[:, -1:], config.output_frames, axis=1)
         for name, guess in (("model", predicted), ("copy_last_frame", copy_last)):
-            totals[name].append((len(indices), frame_scores(guess, truth)))
+            errors[name].append(frame_errors(guess, truth))
         if examples is None:
             examples = (given[:3], truth[:3], predicted[:3])
     report = {}
-    for name, parts in totals.items():
-        count = sum(size for size, _ in parts)
-        report[name] = {key: float(sum(size * scores[key] for size, scores in parts) / count)
-                        for key in ("mse", "mae", "ssim")}
-        report[name]["mse_by_frame"] = np.sum(
-            [size * np.array(scores["mse_by_frame"]) for size, scores in parts], 0).tolist()
-        report[name]["mse_by_frame"] = [value / count for value in report[name]["mse_by_frame"]]
+    for name, parts in errors.items():
+        # (sequences, time) per metric: the means over both, and MSE by frame index.
+        joined = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+        report[name] = {key: float(values.mean()) for key, values in joined.items()}
+        report[name]["mse_by_frame"] = joined["mse"].mean(axis=0).tolist()
         log(f"[elman] nextframe: {name}: MSE {report[name]['mse']:.1f}, "
             f"MAE {report[name]['mae']:.1f}, SSIM {report[name]['ssim']:.3f}")
     if run_dir is not None:

@@ -31,12 +31,11 @@ import re
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from elman import decoding
-from elman.text import (MaskedAccuracy, MaskedCrossentropy, SequenceLength,
+from elman.text import (END, START, MaskedAccuracy, MaskedCrossentropy, SequenceLength,
                         teacher_forcing)
 from elman.datasets.anki import load_anki, split_by_source
 from elman.layers import ElmanCell, ElmanRNN
@@ -46,7 +45,6 @@ NAME = "translation"
 # reference's next words predicted right under teacher forcing.
 MONITOR = "val_accuracy"
 DIRECTIONS = ("eng-spa", "spa-eng")
-START, END = "[start]", "[end]"
 # What `elman demo` shows the exported model.
 EXAMPLES = ("I love you.", "Where is the train station?", "Tom is reading a book.")
 
@@ -329,7 +327,7 @@ class _Layers:
         return self.model.get_layer(name)
 
 
-class Translator:
+class Translator(decoding.TextDecoder):
     """Greedy and beam-search translation with a trained model's layers, as graph functions.
 
     The loops are `elman.decoding`'s, bounded by `max_target_length`; they stop early when every
@@ -351,16 +349,9 @@ class Translator:
 
     def __init__(self, model, length_penalty=0.6):
         self.layers = _Layers(model)
-        self.vocabulary = self.layers["target_vectorizer"].get_vocabulary()
-        self.start_id = self.vocabulary.index(START)
-        self.end_id = self.vocabulary.index(END)
-        self.max_length = self.layers["target_length"].max_length - 1
-        self.length_penalty = float(length_penalty)
+        super().__init__(self.layers["target_vectorizer"], self.layers["target_length"],
+                         length_penalty)
         self.cell = self.layers["decoder"].cell
-        # Words never written: padding (it marks the end) and "[start]".
-        never = np.zeros(len(self.vocabulary), "float32")
-        never[[0, self.start_id]] = -1e9
-        self._never = tf.constant(never)
 
     def _step(self, tokens, state, context):
         """One decoder step: `(batch,)` tokens, `(batch, units)` state -> log P of the next
@@ -371,27 +362,22 @@ class Translator:
         output, new_state = self.cell(embedded, [state], training=False)
         new_state = new_state[0] if isinstance(new_state, (list, tuple)) else new_state
         logits = predict_words(self.layers, output[:, None, :], encoder_states, source_ids)
-        return tf.nn.log_softmax(logits[:, 0, :]) + self._never, new_state
+        return self.next_word(logits[:, 0, :]), new_state
 
     def _to_text(self, ids):
         """Word ids `(batch, time)` -> translations `(batch,)`: the words before "[end]"."""
-        return detokenize(decoding.ids_to_words(self.vocabulary, ids,
-                                                (0, self.start_id, self.end_id)))
+        return detokenize(self.words(ids))
 
     def greedy(self, sentence):
         """Translates `(batch,)` strings, choosing the most probable word at every step."""
         source_ids, encoder_states, state = encode(self.layers, sentence)
-        ids = decoding.greedy_search(self._step, state, (encoder_states, source_ids),
-                                     self.start_id, self.end_id, self.max_length)
-        return self._to_text(ids)
+        return self._to_text(self.search(state, (encoder_states, source_ids)))
 
     def beam_search(self, sentence, beam_width):
         """Translates `(batch,)` strings keeping the `beam_width` most probable partial
         translations at every step; returns `(translations, log_probabilities)`, `(batch,)`."""
         source_ids, encoder_states, state = encode(self.layers, sentence)
-        ids, log_probabilities = decoding.beam_search(
-            self._step, state, (encoder_states, source_ids), self.start_id, self.end_id,
-            self.max_length, beam_width, self.length_penalty)
+        ids, log_probabilities = self.search(state, (encoder_states, source_ids), beam_width)
         return self._to_text(ids), log_probabilities
 
 
@@ -413,11 +399,7 @@ def export_signatures(model, length_penalty=0.6):
                                   tf.TensorSpec([], tf.int32, name="beam_width")])
     def beam_search(sentence, beam_width):
         sentence = tf.ensure_shape(sentence, [None])
-        checks = [tf.debugging.assert_greater_equal(
-                      beam_width, 1, message="beam_width must be at least 1"),
-                  tf.debugging.assert_less_equal(
-                      beam_width, 64, message="beam_width must be at most 64")]
-        with tf.control_dependencies(checks):
+        with tf.control_dependencies(decoding.check_beam_width(beam_width, 64)):
             translation, log_probability = translator.beam_search(sentence, beam_width)
         return {"translation": translation, "log_probability": log_probability}
 
@@ -439,28 +421,20 @@ def describe_prediction(inputs, outputs):
 
 # Evaluation: corpus BLEU and chrF with sacrebleu.
 
-def translate_all(function, sentences, batch_size=256):
-    """Runs a translation function over a list of sentences in batches; returns `str`s."""
-    translations = []
-    for start in range(0, len(sentences), batch_size):
-        batch = tf.constant(sentences[start:start + batch_size])
-        translations.extend(text.decode("utf-8") for text in function(batch).numpy())
-    return translations
-
-
 def score_translations(hypotheses, references):
     """Corpus BLEU and chrF (sacrebleu, case-insensitive: the model writes lower case).
 
     Args:
-        hypotheses: one translation per test pair.
-        references: the pair's reference translation.
+        hypotheses: one translation per segment.
+        references: per segment, its reference translations (one or more).
     """
     import sacrebleu
 
     bleu = sacrebleu.metrics.BLEU(lowercase=True)
     chrf = sacrebleu.metrics.CHRF(lowercase=True)
-    return {"bleu": bleu.corpus_score(hypotheses, [references]).score,
-            "chrf": chrf.corpus_score(hypotheses, [references]).score,
+    streams = decoding.reference_streams(references)
+    return {"bleu": bleu.corpus_score(hypotheses, streams).score,
+            "chrf": chrf.corpus_score(hypotheses, streams).score,
             "signature": str(bleu.get_signature())}
 
 
@@ -485,17 +459,12 @@ def evaluation_report(model, data, run_dir=None, config=None, examples=8, log=pr
     outputs = {}
     for name, function in (("greedy", greedy), (f"beam{config.beam_width}", beam)):
         log(f"[elman] translation: translating {len(sources)} test sentences ({name})")
-        translated = dict(zip(sources, translate_all(function, sources)))
+        translated = dict(zip(sources, decoding.decode_in_batches(function, sources)))
         outputs[name] = translated
         scores = score_translations([translated[s] for s, _ in data.test_pairs],
-                                    [t for _, t in data.test_pairs])
-        import sacrebleu
-
-        most = max(len(refs) for refs in references.values())
-        streams = [[refs[i] if i < len(refs) else None for refs in references.values()]
-                   for i in range(most)]
-        scores["bleu_all_references"] = sacrebleu.metrics.BLEU(lowercase=True).corpus_score(
-            [translated[s] for s in references], streams).score
+                                    [[t] for _, t in data.test_pairs])
+        scores["bleu_all_references"] = score_translations(
+            [translated[s] for s in sources], [references[s] for s in sources])["bleu"]
         report[name] = scores
         log(f"[elman] translation: {name}: BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}, "
             f"BLEU with all references {scores['bleu_all_references']:.2f}")
