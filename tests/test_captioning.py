@@ -45,6 +45,21 @@ def test_beam_width_one_equals_greedy(overfit, data):
         np.testing.assert_array_equal(beam.numpy(), captioner.greedy(images).numpy())
 
 
+def test_beam_search_scores_are_the_model_log_probabilities(overfit, data):
+    """The log-probability beam search reports for a caption is what the training graph (with
+    the image merged at every step) gives that caption and its "[end]" under teacher forcing."""
+    model, _ = overfit
+    images = tf.constant(data.test_inputs[:8])
+    captions, log_probabilities = app.Captioner(model).beam_search(images, 3)
+    caption_ids = model.get_layer("caption_length")(model.get_layer("caption_vectorizer")(
+        captions))
+    _, labels = app.teacher_forcing(caption_ids)
+    logits = model({"image": images, "caption": captions}, training=False)
+    word_log_probabilities = tf.gather(tf.nn.log_softmax(logits), labels, batch_dims=2)
+    expected = tf.reduce_sum(tf.where(labels != 0, word_log_probabilities, 0.0), axis=1)
+    np.testing.assert_allclose(log_probabilities.numpy(), expected.numpy(), rtol=1e-4, atol=1e-3)
+
+
 def test_training_step_changes_every_weight(data):
     model = app.build_model(app.SMOKE, data)
     app_checks.check_training_step_changes_every_weight(model, next(iter(data.train)))

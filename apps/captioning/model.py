@@ -2,14 +2,18 @@
 
 A CNN sees the image once; its feature vector becomes the Elman decoder's first state s_0, and
 the decoder writes the caption word by word (Show and Tell, Vinyals et al. 2015, with an Elman
-cell in place of the LSTM):
+cell in place of the LSTM). An Elman state forgets s_0 within a few words (the gradient through
+tanh steps vanishes), so the image also enters every word's prediction after the recurrence (the
+"merge" architecture of Tanti et al. 2018): the state says where the sentence is, the image
+what it is about.
 
     image -> CNN -> feature vector                                        # (batch, features)
           -> Dropout, Dense(tanh): s_0                                     # (batch, units)
+          -> Dense: the image context c                                   # (batch, embedding)
     caption (string, teacher forcing in training)
       -> "[start] ... [end]" word ids, shifted right                      # (batch, time)
       -> Embedding, ElmanRNN(ElmanCell) from s_0: s_t                     # (batch, time, units)
-      -> Dropout, Dense: logits of the next word                          # (batch, time, vocabulary)
+      -> Dropout, Dense(s_t) + c, Dropout, Dense: next-word logits        # (batch, time, vocabulary)
 
 Two encoders (`Config.encoder`):
 
@@ -345,7 +349,14 @@ def build_model(config, data, recurrent_layer=None):
     states = decoder(embedded, initial_state=_initial_states(decoder, initial_state),
                      mask=ops.not_equal(decoder_inputs, 0))
     states = keras.layers.Dropout(config.dropout, name="state_dropout")(states)
-    logits = keras.layers.Dense(len(data.vocabulary), name="next_word")(states)
+    # The merge: Dense(s_t) + c, the image context c the same at every step. (A relu or tanh
+    # on the sum made the overfitting test on synthetic shapes learn several times slower.)
+    image_context = keras.layers.Dense(config.embedding_dim, name="image_context")(features)
+    merged = keras.layers.Add(name="merge")([
+        keras.layers.Dense(config.embedding_dim, name="state_projection")(states),
+        keras.layers.Reshape((1, config.embedding_dim))(image_context)])
+    merged = keras.layers.Dropout(config.dropout, name="merge_dropout")(merged)
+    logits = keras.layers.Dense(len(data.vocabulary), name="next_word")(merged)
     model = keras.Model({data.image_input: image, "caption": caption}, logits,
                         name="captioning_elman")
     optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
@@ -373,17 +384,21 @@ class Captioner(decoding.TextDecoder):
         self.model = model
         self.decoder = model.get_layer("decoder")
         image_input = next(value for name, value in model.input.items() if name != "caption")
-        self._initial = keras.Model(image_input, model.get_layer("initial_state").output)
+        self._initial = keras.Model(image_input, [model.get_layer("initial_state").output,
+                                                  model.get_layer("image_context").output])
 
-    def _step(self, tokens, states, context):
+    def _step(self, tokens, states, image_context):
         embedded = self.model.get_layer("word_embedding")(tokens)
         output, new_states = self.decoder.cell(embedded, list(states), training=False)
-        logits = self.model.get_layer("next_word")(output)
+        # The merge of `build_model`, for one step: Dense(s_t) + c.
+        merged = self.model.get_layer("state_projection")(output) + image_context
+        logits = self.model.get_layer("next_word")(merged)
         return self.next_word(logits), list(tf.nest.flatten(new_states))
 
     def _states(self, images):
-        state = self._initial(images, training=False)  # s_0: (batch, units)
-        return _initial_states(self.decoder, state), (state,)
+        # s_0 (batch, units) and the image context c (batch, embedding_dim).
+        state, image_context = self._initial(images, training=False)
+        return _initial_states(self.decoder, state), image_context
 
     def greedy(self, images):
         """Captions `images` (the model's image input) greedily: `(batch,)` strings."""
