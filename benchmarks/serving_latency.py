@@ -6,11 +6,13 @@ Loads `BASE_DIR/APP/<latest version>` with plain `tf.saved_model.load` and calls
 - one request at a time: p50 and p99 latency over `--requests` calls, cycling through real
   inputs (for IMDB, test reviews of the shipped sample: 10 to 1,000 words; for translation,
   the English sentences of the shipped sample, greedy decoding; for nextframe, 10 frames of
-  moving shapes in, 10 predicted);
+  moving shapes in, 10 predicted; for captioning, the JPEGs of Flickr8k test images with
+  `ELMAN_DATA_DIR` set, else PNGs of synthetic shapes, greedy decoding);
 - batches of `--batch-size`: throughput in examples per second.
 
     elman export imdb            # or `elman demo`: writes saved_models/imdb/<version>/
-    python benchmarks/serving_latency.py [--apps imdb translation nextframe] [--base-dir DIR]
+    python benchmarks/serving_latency.py [--apps imdb translation nextframe captioning]
+        [--base-dir DIR]
 """
 
 import argparse
@@ -59,9 +61,24 @@ def nextframe_requests(batch_size):
             {"frames": frames, "num_frames": ten}, "10 frames in, 10 predicted")
 
 
+def captioning_requests(batch_size):
+    from elman.datasets import flickr8k, resolve_data_dir
+
+    if resolve_data_dir(None) is not None:
+        loaded = flickr8k.load_flickr8k()
+        images = loaded["images"].read_many([name for name, _ in loaded["test"][:batch_size]])
+        description = "Flickr8k test JPEGs"
+    else:
+        pictures, _ = flickr8k.synthetic_captions(batch_size, seed=3)
+        images = [flickr8k.encode_png(picture) for picture in pictures]
+        description = "64x64 PNGs of synthetic shapes"
+    return ([{"image_bytes": tf.constant([image])} for image in images],
+            {"image_bytes": tf.constant(images)}, f"{description}, greedy")
+
+
 # App -> `batch_size -> (single requests, one batch request, description)`.
 REQUESTS = {"imdb": imdb_requests, "translation": translation_requests,
-            "nextframe": nextframe_requests}
+            "nextframe": nextframe_requests, "captioning": captioning_requests}
 
 
 def main():

@@ -49,6 +49,22 @@ def _add_config_arguments(parser):
                         "without either, the shipped sample)")
 
 
+def _evaluation_overrides(app, config, overrides):
+    """`config` with `overrides` applied, where each names one of the app's
+    `EVALUATION_SETTINGS` (the settings that do not change the trained model)."""
+    from elman.config import apply_overrides
+
+    allowed = getattr(app, "EVALUATION_SETTINGS", ())
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if key not in allowed:
+            raise ValueError(f"elman evaluate {app.NAME} --set changes only settings that do "
+                             f"not change the trained model ("
+                             f"{', '.join(allowed) or 'this app has none'}), received {key!r}; "
+                             f"retrain with `elman train {app.NAME} --set {override}` instead")
+    return apply_overrides(config, overrides)
+
+
 def _add_run_dir(parser, suffix=""):
     parser.add_argument("--run-dir", type=Path,
                         help=f"run directory (default: runs/APP{suffix})")
@@ -83,6 +99,10 @@ def build_parser():
                                    "(with the run's own config) and write evaluation.json.")
     evaluate.add_argument("app", choices=apps)
     evaluate.add_argument("--data-dir", help="data directory (default: the run's)")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[],
+                          metavar="KEY=VALUE",
+                          help="change a setting that does not change the trained model, e.g. "
+                          "beam_width=5 or length_penalty=0.3 for captioning and translation")
     _add_run_dir(evaluate)
 
     tune = commands.add_parser("tune", help="hyperparameter search with keras-tuner",
@@ -283,6 +303,7 @@ def dispatch(args):
         print(f"[elman] {app.NAME}: model saved to {run_dir / 'model.keras'}")
     elif args.command == "evaluate":
         config = training.load_run_config(app, run_dir, args.data_dir)
+        config = _evaluation_overrides(app, config, args.overrides)
         model = training.load_trained_model(app, run_dir)
         metrics = training.evaluate(app, model, app.load_data(config), run_dir, config)
         print(f"[elman] {app.NAME}: test " + training.format_metrics(metrics))

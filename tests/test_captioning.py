@@ -128,6 +128,12 @@ def test_cli_verbs_end_to_end(tmp_path, capsys, monkeypatch):
     report = json.loads((run_dir / "evaluation.json").read_text())["report"]
     assert report["test_images"] == 60 and 0 <= report["greedy"]["bleu4"] <= 100
     assert "<img src='data:image;base64," in (run_dir / "contact_sheet.html").read_text()
+    # Decoding settings change at evaluation; settings of the trained model do not.
+    assert main(["evaluate", "captioning", "--set", "beam_width=2"]) == 0
+    assert "beam2" in json.loads((run_dir / "evaluation.json").read_text())["report"]
+    capsys.readouterr()
+    assert main(["evaluate", "captioning", "--set", "hidden_units=8"]) == 2
+    assert "do not change the trained model" in capsys.readouterr().err
     assert main(["export", "captioning"]) == 0
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     (tmp_path / "text.png").write_bytes(b"hello")

@@ -52,6 +52,8 @@ MONITOR = "val_loss"
 ENCODERS = ("efficientnet_lite0", "small_cnn")
 PRETRAINED_FEATURES = 1280
 EXAMPLES = ("synthetic:0", "synthetic:1")
+# What `elman evaluate --set` may change: decoding only, not the trained model.
+EVALUATION_SETTINGS = ("beam_width", "length_penalty")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +81,10 @@ class Config:
     batch_size: int = 64
     epochs: int = 15
     patience: int = 3
-    beam_width: int = 3
-    length_penalty: float = 0.6
+    # Beam search as `elman evaluate` runs it, chosen on the validation split with
+    # benchmarks/captioning_decoding.py (wider beams and a weaker length penalty did better).
+    beam_width: int = 10
+    length_penalty: float = 0.3
     seed: int = 0
 
 
@@ -218,6 +222,8 @@ class Data:
     test: tf.data.Dataset
     test_inputs: np.ndarray  # One row per test image: features or pixels in [0, 1].
     test_references: list  # Per test image, its reference captions.
+    validation_inputs: np.ndarray  # The same for the validation images (to tune decoding).
+    validation_references: list
     test_image_bytes: callable  # indices -> [encoded image bytes], for the contact sheet.
     vocabulary: list
     image_input: str  # "image_features" or "image".
@@ -288,7 +294,8 @@ def load_data(config):
 
     return Data(train=dataset("train", True), validation=dataset("validation", False),
                 test=dataset("test", False), test_inputs=splits["test"][0],
-                test_references=splits["test"][1], test_image_bytes=image_bytes,
+                test_references=splits["test"][1], validation_inputs=splits["validation"][0],
+                validation_references=splits["validation"][1], test_image_bytes=image_bytes,
                 vocabulary=vectorizer.get_vocabulary(), image_input=image_input, source=source)
 
 
@@ -378,7 +385,7 @@ class Captioner(decoding.TextDecoder):
         length_penalty: alpha of beam search's ranking `log P / length ** alpha`.
     """
 
-    def __init__(self, model, length_penalty=0.6):
+    def __init__(self, model, length_penalty=Config.length_penalty):
         super().__init__(model.get_layer("caption_vectorizer"),
                          model.get_layer("caption_length"), length_penalty)
         self.model = model
@@ -443,7 +450,7 @@ def export_dependencies(model):
     return _image_function(model)[1]
 
 
-def export_signatures(model, length_penalty=0.6):
+def export_signatures(model, length_penalty=Config.length_penalty):
     """Serving signatures: `image_bytes` string `[batch]` (JPEG or PNG) -> `caption` string
     `[batch]` and `valid` bool `[batch]` (false, with an empty caption, for bytes that are not
     an image). `serving_default` is greedy; `beam_search` also takes `beam_width` (int32, 1-16).

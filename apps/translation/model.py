@@ -47,6 +47,8 @@ MONITOR = "val_accuracy"
 DIRECTIONS = ("eng-spa", "spa-eng")
 # What `elman demo` shows the exported model.
 EXAMPLES = ("I love you.", "Where is the train station?", "Tom is reading a book.")
+# What `elman evaluate --set` may change: decoding only, not the trained model.
+EVALUATION_SETTINGS = ("beam_width", "length_penalty")
 
 
 @dataclasses.dataclass(frozen=True)
