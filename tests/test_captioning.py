@@ -12,6 +12,7 @@ import app_checks
 from elman.apps import get_app
 from elman.cli import main
 from elman.datasets import flickr8k
+from test_flickr8k import _write_layout as write_flickr8k_layout
 
 app = get_app("captioning")
 
@@ -117,7 +118,29 @@ def test_encoder_choice_and_missing_weights_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="needs a data directory"):
         app.load_data(dataclasses.replace(app.SMOKE, encoder="efficientnet_lite0"))
     with pytest.raises(FileNotFoundError, match="efficientnet_lite0_imagenet.npz"):
-        app.pretrained_encoder(tmp_path)
+        app.pretrained_encoder("efficientnet_lite0", tmp_path)
+    with pytest.raises(ValueError, match="keras.applications has no 'NoSuchNet'"):
+        app.encoder_name(dataclasses.replace(app.SMOKE, encoder="keras:NoSuchNet"))
+
+
+def test_a_keras_applications_encoder_is_cached_trained_and_served(tmp_path, monkeypatch):
+    """`encoder=keras:<application>` (here MobileNetV3Small, with random weights: nothing can be
+    downloaded in tests) on a tiny Flickr8k folder: features cached, the model trained, and the
+    exported model runs the same CNN on raw JPEG bytes in a process without elman."""
+    monkeypatch.setattr(app, "KERAS_WEIGHTS", None)
+    write_flickr8k_layout(tmp_path / "flickr8k")
+    config = dataclasses.replace(app.SMOKE, data_dir=str(tmp_path), encoder="keras:MobileNetV3Small",
+                                 cache_dir=str(tmp_path / "cache"))
+    data = app.load_data(config)
+    assert data.image_input == "image_features" and data.test_inputs.shape == (1, 576)
+    assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == [
+        f"flickr8k-keras-MobileNetV3Small-{split}-1.npz" for split in ("test", "train",
+                                                                      "validation")]
+    model = app.build_model(config, data)
+    model.fit(data.train, verbose=0)
+    assert model.get_layer("pretrained_features").encoder == "keras:MobileNetV3Small"
+    request = {"image_bytes": tf.constant(data.test_image_bytes([0]) + [b"not an image"])}
+    app_checks.check_export_without_elman(app, model, request, tmp_path)
 
 
 def test_cli_verbs_end_to_end(tmp_path, capsys, monkeypatch):

@@ -15,11 +15,14 @@ what it is about.
       -> Embedding, ElmanRNN(ElmanCell) from s_0: s_t                     # (batch, time, units)
       -> Dropout, Dense(s_t) + c, Dropout, Dense: next-word logits        # (batch, time, vocabulary)
 
-Two encoders (`Config.encoder`):
+Encoders (`Config.encoder`):
 
 - `efficientnet_lite0`: EfficientNet-Lite0 with ImageNet weights (`<data dir>/weights/`),
   frozen. Its pooled features are computed once per image and cached on disk, so training epochs
   never re-run the CNN; the model trains on the cached features (input `image_features`).
+- `keras:<application>`, e.g. `keras:MobileNetV3Large` or `keras:ResNet50`: a
+  `keras.applications` CNN with `weights="imagenet"` (downloaded on first use, so it needs
+  internet), frozen and cached the same way.
 - `small_cnn`: a small CNN trained from scratch with the decoder (input `image`, pixels in
   [0, 1]); the default without a data directory, on synthetic shapes with exact captions.
 
@@ -31,6 +34,7 @@ itself. Bytes that are not a JPEG or PNG give an empty caption and `valid` false
 import base64
 import dataclasses
 import html
+import importlib
 import json
 import weakref
 from pathlib import Path
@@ -49,8 +53,9 @@ from elman.text import (END, START, MaskedAccuracy, MaskedCrossentropy, Sequence
 
 NAME = "captioning"
 MONITOR = "val_loss"
-ENCODERS = ("efficientnet_lite0", "small_cnn")
-PRETRAINED_FEATURES = 1280
+ENCODERS = ("efficientnet_lite0", "keras:<application>", "small_cnn")
+# The ImageNet weights `keras:` encoders load (tests build them with None: no download).
+KERAS_WEIGHTS = "imagenet"
 EXAMPLES = ("synthetic:0", "synthetic:1")
 # What `elman evaluate --set` may change: decoding only, not the trained model.
 EVALUATION_SETTINGS = ("beam_width", "length_penalty")
@@ -60,8 +65,10 @@ EVALUATION_SETTINGS = ("beam_width", "length_penalty")
 class Config:
     # Where the data is: empty means $ELMAN_DATA_DIR, and without it synthetic shapes.
     data_dir: str = ""
-    # efficientnet_lite0 (pretrained, frozen, features cached) or small_cnn (from scratch).
-    # Empty: efficientnet_lite0 with a data directory, small_cnn on synthetic shapes.
+    # efficientnet_lite0 (pretrained, frozen, features cached), keras:<application> (any
+    # keras.applications CNN with ImageNet weights, e.g. keras:ResNet50; needs internet once)
+    # or small_cnn (from scratch). Empty: efficientnet_lite0 with a data directory, small_cnn
+    # on synthetic shapes.
     encoder: str = ""
     # Where cached image features go (empty: ~/.cache/elman/captioning).
     cache_dir: str = ""
@@ -106,7 +113,12 @@ def search_space(hp, config):
 def encoder_name(config):
     """The encoder a config uses (resolving the empty default)."""
     if config.encoder:
-        if config.encoder not in ENCODERS:
+        if config.encoder.startswith("keras:"):
+            application = config.encoder[len("keras:"):]
+            if not callable(getattr(keras.applications, application, None)):
+                raise ValueError(f"encoder={config.encoder!r}: keras.applications has no "
+                                 f"{application!r} (e.g. keras:MobileNetV3Large, keras:ResNet50)")
+        elif config.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, received "
                              f"encoder={config.encoder!r}")
         return config.encoder
@@ -164,36 +176,76 @@ def decode_images(image_bytes, image_size):
                                           tf.TensorSpec([], tf.bool)))
 
 
-def pretrained_encoder(data_dir=None):
-    """EfficientNet-Lite0 with its ImageNet weights, frozen: pixels in [0, 255]
-    `(batch, 224, 224, 3)` -> pooled features `(batch, 1280)`."""
-    root = resolve_data_dir(data_dir)
-    if root is None:
-        raise FileNotFoundError("the efficientnet_lite0 encoder needs its weights: set "
-                                "ELMAN_DATA_DIR (or --data-dir) to the folder holding "
-                                f"weights/{encoders.EFFICIENTNET_LITE0_FILE}")
-    trunk = encoders.efficientnet_lite0()
-    encoders.load_efficientnet_lite0_weights(trunk, root / "weights" /
-                                             encoders.EFFICIENTNET_LITE0_FILE)
+def pretrained_encoder(name="efficientnet_lite0", data_dir=None):
+    """A pretrained CNN with its ImageNet weights, frozen: pixels in [0, 255]
+    `(batch, 224, 224, 3)` -> pooled features `(batch, features)` (1280 for
+    efficientnet_lite0).
+
+    Args:
+        name: `efficientnet_lite0` (weights from the data directory) or `keras:<application>`.
+    """
     pixels = keras.Input((224, 224, 3), name="pixels")
-    features = keras.layers.GlobalAveragePooling2D()(
-        trunk(encoders.preprocess_efficientnet_lite(pixels), training=False))
-    model = keras.Model(pixels, features, name="efficientnet_lite0_features")
+    if name.startswith("keras:"):
+        application = getattr(keras.applications, name[len("keras:"):])
+        try:
+            trunk = application(include_top=False, weights=KERAS_WEIGHTS, pooling="avg",
+                                input_shape=(224, 224, 3))
+        except Exception as error:  # Most often: no internet for the weights' download.
+            raise FileNotFoundError(
+                f"could not build {name} with weights={KERAS_WEIGHTS!r} ({error}); without "
+                f"internet use encoder=efficientnet_lite0, whose weights are read from the "
+                f"data directory") from error
+        # Each application's module has the preprocessing its weights expect.
+        preprocess = importlib.import_module(application.__module__).preprocess_input
+        features = trunk(preprocess(pixels), training=False)
+    else:
+        root = resolve_data_dir(data_dir)
+        if root is None:
+            raise FileNotFoundError("the efficientnet_lite0 encoder needs its weights: set "
+                                    "ELMAN_DATA_DIR (or --data-dir) to the folder holding "
+                                    f"weights/{encoders.EFFICIENTNET_LITE0_FILE}")
+        trunk = encoders.efficientnet_lite0()
+        encoders.load_efficientnet_lite0_weights(trunk, root / "weights" /
+                                                 encoders.EFFICIENTNET_LITE0_FILE)
+        features = keras.layers.GlobalAveragePooling2D()(
+            trunk(encoders.preprocess_efficientnet_lite(pixels), training=False))
+    model = keras.Model(pixels, features, name=f"{name.replace(':', '_')}_features")
     model.trainable = False
     return model
+
+
+@keras.saving.register_keras_serializable(package="elman")
+class PretrainedFeatures(keras.layers.Layer):
+    """The identity on cached CNN features `(batch, features)` that records which pretrained CNN
+    computed them, so that the exported model runs the same CNN on raw images.
+
+    Args:
+        encoder: the `Config.encoder` name, e.g. `efficientnet_lite0`.
+    """
+
+    def __init__(self, encoder, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+
+    def call(self, features):
+        return features
+
+    def get_config(self):
+        return {**super().get_config(), "encoder": self.encoder}
 
 
 def _cached_features(config, split_name, names, images):
     """Pooled CNN features of `names` `(n, 1280)`, computed once and kept in the cache folder."""
     folder = Path(config.cache_dir or Path.home() / ".cache" / "elman" / "captioning")
-    path = folder / f"flickr8k-efficientnet_lite0-{split_name}-{len(names)}.npz"
+    encoder = encoder_name(config)
+    path = folder / f"flickr8k-{encoder.replace(':', '-')}-{split_name}-{len(names)}.npz"
     if path.is_file():
         cached = np.load(path)
         if list(cached["names"]) == list(names):
             return cached["features"]
     print(f"[elman] captioning: computing CNN features of {len(names)} {split_name} images "
           f"(cached in {path})", flush=True)
-    encoder = pretrained_encoder(config.data_dir or None)
+    encoder = pretrained_encoder(encoder, config.data_dir or None)
     progress = keras.utils.Progbar(len(names))
     features = []
     for start in range(0, len(names), 64):
@@ -227,6 +279,7 @@ class Data:
     test_image_bytes: callable  # indices -> [encoded image bytes], for the contact sheet.
     vocabulary: list
     image_input: str  # "image_features" or "image".
+    encoder: str  # The resolved `Config.encoder`.
     source: str
 
 
@@ -236,8 +289,8 @@ def load_data(config):
     root = resolve_data_dir(config.data_dir or None)
     if root is None:
         if encoder != "small_cnn":
-            raise ValueError("the efficientnet_lite0 encoder needs a data directory; without "
-                             "one use encoder=small_cnn (synthetic shapes)")
+            raise ValueError(f"the {encoder} encoder needs a data directory (Flickr8k); "
+                             "without one use encoder=small_cnn (synthetic shapes)")
         count = config.synthetic_images
         splits = {}
         for split, (size, seed) in {"train": (count, config.seed + 1),
@@ -296,7 +349,8 @@ def load_data(config):
                 test=dataset("test", False), test_inputs=splits["test"][0],
                 test_references=splits["test"][1], validation_inputs=splits["validation"][0],
                 validation_references=splits["validation"][1], test_image_bytes=image_bytes,
-                vocabulary=vectorizer.get_vocabulary(), image_input=image_input, source=source)
+                vocabulary=vectorizer.get_vocabulary(), image_input=image_input, encoder=encoder,
+                source=source)
 
 
 # The model.
@@ -320,7 +374,7 @@ def _small_cnn(filters=32):
 def build_model(config, data, recurrent_layer=None):
     """Builds and compiles the captioner for teacher-forced training.
 
-    Inputs: `image_features` `(batch, 1280)` (efficientnet_lite0) or `image`
+    Inputs: `image_features` `(batch, features)` (a pretrained encoder's) or `image`
     `(batch, 64, 64, 3)` in [0, 1] (small_cnn), and `caption` `(batch,)` string. Output: the
     logits of each next word, `(batch, time, vocabulary)`.
 
@@ -333,8 +387,8 @@ def build_model(config, data, recurrent_layer=None):
         image = keras.Input((64, 64, 3), name="image")
         features = _small_cnn()(image)
     else:
-        image = keras.Input((PRETRAINED_FEATURES,), name="image_features")
-        features = image
+        image = keras.Input((data.test_inputs.shape[-1],), name="image_features")
+        features = PretrainedFeatures(data.encoder, name="pretrained_features")(image)
     caption = keras.Input((), dtype="string", name="caption")
     features = keras.layers.Dropout(config.dropout, name="feature_dropout")(features)
     initial_state = keras.layers.Dense(config.hidden_units, activation="tanh",
@@ -429,7 +483,10 @@ def _image_function(model):
     if names == ["image"]:
         result = (lambda image_bytes: _scaled(decode_images(image_bytes, 64))), []
     else:
-        encoder = pretrained_encoder()
+        recorded = [layer.encoder for layer in model.layers
+                    if isinstance(layer, PretrainedFeatures)]
+        # Models saved before PretrainedFeatures existed were all trained on efficientnet_lite0.
+        encoder = pretrained_encoder(recorded[0] if recorded else "efficientnet_lite0")
 
         def features(image_bytes):
             pixels, valid = decode_images(image_bytes, 224)
