@@ -33,6 +33,7 @@ itself. Bytes that are not a JPEG or PNG give an empty caption and `valid` false
 
 import base64
 import dataclasses
+import functools
 import html
 import importlib
 import json
@@ -234,10 +235,15 @@ class PretrainedFeatures(keras.layers.Layer):
         return {**super().get_config(), "encoder": self.encoder}
 
 
-def _cached_features(config, split_name, names, images):
-    """Pooled CNN features of `names` `(n, 1280)`, computed once and kept in the cache folder."""
+def _cached_features(config, encoder, build_encoder, split_name, names, images):
+    """Pooled CNN features of `names` `(n, features)`, computed once and kept in the cache
+    folder.
+
+    Args:
+        encoder: the encoder's name (`encoder_name(config)`), part of the cache file's name.
+        build_encoder: `() -> the CNN`, called only when the cache misses.
+    """
     folder = Path(config.cache_dir or Path.home() / ".cache" / "elman" / "captioning")
-    encoder = encoder_name(config)
     path = folder / f"flickr8k-{encoder.replace(':', '-')}-{split_name}-{len(names)}.npz"
     if path.is_file():
         cached = np.load(path)
@@ -245,13 +251,13 @@ def _cached_features(config, split_name, names, images):
             return cached["features"]
     print(f"[elman] captioning: computing CNN features of {len(names)} {split_name} images "
           f"(cached in {path})", flush=True)
-    encoder = pretrained_encoder(encoder, config.data_dir or None)
+    cnn = build_encoder()
     progress = keras.utils.Progbar(len(names))
     features = []
     for start in range(0, len(names), 64):
         chunk = names[start:start + 64]
         pixels, _ = decode_images(tf.constant(images.read_many(chunk)), 224)
-        features.append(encoder(pixels, training=False).numpy())
+        features.append(cnn(pixels, training=False).numpy())
         progress.add(len(chunk))
     features = np.concatenate(features).astype("float32")
     folder.mkdir(parents=True, exist_ok=True)
@@ -306,6 +312,9 @@ def load_data(config):
                     for i in indices]
     else:
         loaded = flickr8k.load_flickr8k(root)
+        # The CNN is built (and its weights read) once, and only if a split's cache misses.
+        build_encoder = functools.cache(
+            lambda: pretrained_encoder(encoder, config.data_dir or None))
         splits = {}
         for split in ("train", "validation", "test"):
             if config.max_images:
@@ -315,7 +324,8 @@ def load_data(config):
                 pixels, _ = decode_images(tf.constant(loaded["images"].read_many(names)), 64)
                 inputs = pixels.numpy() / 255.0
             else:
-                inputs = _cached_features(config, split, names, loaded["images"])
+                inputs = _cached_features(config, encoder, build_encoder, split, names,
+                                          loaded["images"])
             splits[split] = (inputs, [captions for _, captions in loaded[split]])
         source = f"{loaded['source']} (encoder {encoder})"
         test_names = [name for name, _ in loaded["test"]]
