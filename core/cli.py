@@ -50,19 +50,23 @@ def _add_config_arguments(parser):
 
 
 def _evaluation_overrides(app, config, overrides):
-    """`config` with `overrides` applied, where each names one of the app's
+    """`config` with `overrides` applied, where each may change only one of the app's
     `EVALUATION_SETTINGS` (the settings that do not change the trained model)."""
+    import dataclasses
+
     from elman.config import apply_overrides
 
     allowed = getattr(app, "EVALUATION_SETTINGS", ())
-    for override in overrides:
-        key = override.split("=", 1)[0].strip()
-        if key not in allowed:
+    changed = apply_overrides(config, overrides)
+    for field in dataclasses.fields(config):
+        if field.name not in allowed and getattr(changed, field.name) != getattr(config,
+                                                                                  field.name):
             raise ValueError(f"elman evaluate {app.NAME} --set changes only settings that do "
                              f"not change the trained model ("
-                             f"{', '.join(allowed) or 'this app has none'}), received {key!r}; "
-                             f"retrain with `elman train {app.NAME} --set {override}` instead")
-    return apply_overrides(config, overrides)
+                             f"{', '.join(allowed) or 'this app has none'}), received "
+                             f"{field.name!r}; retrain with `elman train {app.NAME} --set "
+                             f"{field.name}=...` instead")
+    return changed
 
 
 def _add_run_dir(parser, suffix=""):
