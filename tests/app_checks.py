@@ -75,3 +75,24 @@ def check_export_without_elman(app, model, request, tmp_path):
         else:
             np.testing.assert_allclose(served.numpy(), tensor.numpy(), rtol=1e-5, atol=1e-6)
     return version_dir
+
+
+def check_scores_are_teacher_forced_log_probabilities(model, inputs, prefix, log_probabilities):
+    """The log-probability a beam search reports for each text it wrote is what the training
+    graph gives that text (and its "[end]") under teacher forcing.
+
+    Args:
+        inputs: the model's inputs, with the written texts as its target text input.
+        prefix: the name of the target's text layers, `<prefix>_vectorizer` and
+            `<prefix>_length` (e.g. "target", "caption").
+        log_probabilities: `(batch,)`, what the beam search reported.
+    """
+    from elman.text import teacher_forcing
+
+    texts = inputs[prefix]
+    ids = model.get_layer(f"{prefix}_length")(model.get_layer(f"{prefix}_vectorizer")(texts))
+    _, labels = teacher_forcing(ids)
+    logits = model(inputs, training=False)
+    word_log_probabilities = tf.gather(tf.nn.log_softmax(logits), labels, batch_dims=2)
+    expected = tf.reduce_sum(tf.where(labels != 0, word_log_probabilities, 0.0), axis=1)
+    np.testing.assert_allclose(log_probabilities.numpy(), expected.numpy(), rtol=1e-4, atol=1e-3)

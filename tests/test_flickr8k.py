@@ -10,7 +10,9 @@ import tensorflow as tf
 from elman.datasets import flickr8k
 
 
-def _write_layout(folder):
+def write_layout(folder):
+    """A tiny Flickr8k folder in the shared layout: three images, one per split (also used by
+    the captioning tests)."""
     folder.mkdir(parents=True)
     lines = [f"{name}#{k}\tA dog runs number {k} ." for name in ("a.jpg", "b.jpg", "c.jpg")
              for k in range(5)] + ["2258277193_586949ec62.jpg.1#0\tNo image ."]
@@ -26,7 +28,7 @@ def _write_layout(folder):
 
 
 def test_reads_the_shared_layout(tmp_path):
-    _write_layout(tmp_path / "flickr8k")
+    write_layout(tmp_path / "flickr8k")
     data = flickr8k.load_flickr8k(tmp_path, download=False)
     assert [name for name, _ in data["train"]] == ["a.jpg"]
     assert data["test"][0][1] == [f"A dog runs number {k} ." for k in range(5)]

@@ -189,14 +189,8 @@ def test_beam_search_scores_are_the_model_log_probabilities(overfit):
     translation (and its "[end]") under teacher forcing."""
     model, sources, _ = overfit
     translations, log_probabilities = app.Translator(model).beam_search(sources, 4)
-    inputs = {"source": sources, "target": translations}
-    target_ids = model.get_layer("target_length")(model.get_layer("target_vectorizer")(
-        translations))
-    _, labels = app.teacher_forcing(target_ids)
-    logits = model(inputs, training=False)
-    word_log_probabilities = tf.gather(tf.nn.log_softmax(logits), labels, batch_dims=2)
-    expected = tf.reduce_sum(tf.where(labels != 0, word_log_probabilities, 0.0), axis=1)
-    np.testing.assert_allclose(log_probabilities.numpy(), expected.numpy(), rtol=1e-4, atol=1e-3)
+    app_checks.check_scores_are_teacher_forced_log_probabilities(
+        model, {"source": sources, "target": translations}, "target", log_probabilities)
 
 
 def test_export_signatures_and_awkward_inputs(model, data, tmp_path):
