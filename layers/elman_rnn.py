@@ -55,19 +55,14 @@ def _scan_blocks(step, sequences, initial_carry, reverse=False, block=_STEPS_PER
     return carry, tf.reshape(stacked, tf.concat([[blocks * block], tf.shape(stacked)[2:]], 0))
 
 
-def _derivative_from_states(activation, states):
-    """f'(a_t) written with s_t = f(a_t) where f allows it, else None. At a masked step s_t is
-    the carried state, not f(a_t), but the backward pass multiplies f' there by 0."""
-    name = getattr(activation, "__name__", "")
-    if name == "tanh":
-        return 1 - tf.square(states)
-    if name == "sigmoid":
-        return states * (1 - states)
-    if name == "relu":
-        return tf.cast(states > 0, states.dtype)
-    if name == "linear":
-        return tf.ones_like(states)
-    return None
+# `gradient * f'(a_t)` in one op, from s_t = f(a_t): the kernels TensorFlow's own gradients of
+# these activations use. Inside the backward loop they spare a pass over all steps computing f'.
+_GRADIENT_FROM_STATES = {
+    "tanh": lambda gradient, states: tf.raw_ops.TanhGrad(y=states, dy=gradient),
+    "sigmoid": lambda gradient, states: tf.raw_ops.SigmoidGrad(y=states, dy=gradient),
+    "relu": lambda gradient, states: tf.raw_ops.ReluGrad(gradients=gradient, features=states),
+    "linear": lambda gradient, states: gradient,
+}
 
 
 def _recurrence(projected, initial_state, W, step_mask, activation):
@@ -124,38 +119,48 @@ def _recurrence(projected, initial_state, W, step_mask, activation):
         states.set_shape(projected.shape)
 
         def gradient(d_states):
-            previous = tf.concat([initial_state[None], states[:-1]], axis=0)  # s_{t-1}
-            derivative = _derivative_from_states(activation, states)  # f'(a_t)
-            if derivative is None:
+            W_transposed = tf.transpose(W)
+            # d_pre = dL/da_t = (dL/ds_t from the output + from the future) * f'(a_t), with f'
+            # applied inside the loop from s_t where an op does it, else precomputed for all steps.
+            times_derivative = _GRADIENT_FROM_STATES.get(getattr(activation, "__name__", ""))
+            if times_derivative is not None:
+                factors = states
+            else:
+                times_derivative = tf.multiply
                 # The pre-activations, recomputed for all steps in one product.
+                previous = tf.concat([initial_state[None], states[:-1]], axis=0)  # s_{t-1}
                 pre_activation = projected + tf.einsum("tbu,uv->tbv", previous, W)
                 with tf.GradientTape() as tape:
                     tape.watch(pre_activation)
                     activated = activation(pre_activation)
-                derivative = tape.gradient(activated, pre_activation)
-            W_transposed = tf.transpose(W)
+                factors = tape.gradient(activated, pre_activation)  # f'(a_t)
             if step_mask is None:
                 def back(d_state, inputs):
                     # d_state: dL/ds_t through the future; returns dL/ds_{t-1} and dL/da_t.
-                    d_output, f_prime = inputs
-                    d_pre = (d_output + d_state) * f_prime
+                    d_output, factor = inputs
+                    d_pre = times_derivative(d_output + d_state, factor)
                     return tf.matmul(d_pre, W_transposed), d_pre
 
-                d_initial, d_pre = _scan_blocks(back, (d_states, derivative),
+                d_initial, d_pre = _scan_blocks(back, (d_states, factors),
                                                 tf.zeros_like(initial_state), reverse=True,
                                                 block=block)
             else:
                 def back(d_state, inputs):
-                    d_output, f_prime, keep = inputs
+                    d_output, factor, keep = inputs
                     total = d_output + d_state
-                    d_pre = keep * total * f_prime
+                    d_pre = keep * times_derivative(total, factor)
                     return (1 - keep) * total + tf.matmul(d_pre, W_transposed), d_pre
 
-                d_initial, d_pre = _scan_blocks(back, (d_states, derivative, step_mask),
+                d_initial, d_pre = _scan_blocks(back, (d_states, factors, step_mask),
                                                 tf.zeros_like(initial_state), reverse=True,
                                                 block=block)
             d_pre = tf.reshape(d_pre, tf.shape(projected))
-            d_W = tf.einsum("tbu,tbv->uv", previous, d_pre)
+            # dL/dW = sum_t s_{t-1}^T d_pre_t: one product over steps 2.. (slices along time
+            # share the buffers) plus the first step's, from s_0.
+            units = tf.shape(W)[0]
+            d_W = (tf.matmul(tf.reshape(states[:-1], [-1, units]),
+                             tf.reshape(d_pre[1:], [-1, units]), transpose_a=True)
+                   + tf.matmul(initial_state, d_pre[0], transpose_a=True))
             return d_pre, d_initial, d_W
 
         return states, gradient
