@@ -1,11 +1,10 @@
 """Keras layers of elman: the Elman cell, its fast layer, pooling over its states, truncated BPTT,
-word dropout, bigram embeddings."""
+word dropout."""
 
-from elman.layers.bigram_embedding import BigramEmbedding
 from elman.layers.elman_cell import ElmanCell
 from elman.layers.elman_rnn import ElmanRNN
 from elman.layers.pooling import StatePooling
 from elman.layers.truncated import TruncatedBackprop
 from elman.layers.word_dropout import WordDropout
 
-__all__ = ["BigramEmbedding", "ElmanCell", "ElmanRNN", "StatePooling", "TruncatedBackprop", "WordDropout"]
+__all__ = ["ElmanCell", "ElmanRNN", "StatePooling", "TruncatedBackprop", "WordDropout"]

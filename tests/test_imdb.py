@@ -58,14 +58,6 @@ def test_training_step_changes_every_weight(data):
     app_checks.check_training_step_changes_every_weight(model, next(iter(data.train)))
 
 
-def test_bigram_embedding_trains_and_round_trips(data, tmp_path):
-    config = dataclasses.replace(app.SMOKE, bigram_buckets=500)
-    model = app.build_model(config, data)
-    assert model.get_layer("embed").bigrams.input_dim == 501
-    app_checks.check_training_step_changes_every_weight(model, next(iter(data.train)))
-    app_checks.check_keras_round_trip(model, _reviews(data), tmp_path)
-
-
 def test_keras_round_trip(model, data, tmp_path):
     app_checks.check_keras_round_trip(model, _reviews(data), tmp_path)
 

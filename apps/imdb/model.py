@@ -6,7 +6,7 @@ The model reads a review word by word with Elman cells in both directions and po
       -> standardize_review: valid UTF-8, lower case, no HTML line breaks, no punctuation
       -> TextVectorization: word ids, cut to `sequence_length`             # (batch, time)
       -> WordDropout (training only): some words become the unknown word
-      -> Embedding (optionally plus hashed word pairs), masking the padding # (batch, time, embedding_dim)
+      -> Embedding, masking the padding                                    # (batch, time, embedding_dim)
       -> Bidirectional(ElmanRNN(ElmanCell)), every state s_t             # (batch, time, 2 * hidden_units)
       -> StatePooling: max and mean of s_t over the review's words         # (batch, 4 * hidden_units)
       -> Dense(1, sigmoid): P(positive)                                    # (batch, 1)
@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from elman.datasets.imdb import load_imdb
-from elman.layers import BigramEmbedding, ElmanCell, ElmanRNN, StatePooling, WordDropout
+from elman.layers import ElmanCell, ElmanRNN, StatePooling, WordDropout
 
 NAME = "imdb"
 # The metric that checkpoints, early stopping and the tuner maximize.
@@ -50,9 +50,6 @@ class Config:
     # Words read per review; longer reviews are cut, shorter ones padded and masked.
     sequence_length: int = 800
     embedding_dim: int = 64
-    # Rows of a second embedding table for hashed (previous word, word) pairs, added to the word
-    # embedding at every step (`BigramEmbedding`); 0: words only.
-    bigram_buckets: int = 0
     # Size of the Elman state s_t in each direction.
     hidden_units: int = 64
     # f, the state activation of the cell.
@@ -167,12 +164,8 @@ def build_model(config, data, recurrent_layer=None):
     # One padding id more keeps at least one (masked) step when every review is empty.
     word_ids = keras.ops.pad(word_ids, [[0, 0], [0, 1]])[:, :config.sequence_length]
     word_ids = WordDropout(config.word_dropout, seed=config.seed, name="word_dropout")(word_ids)
-    if config.bigram_buckets:
-        embedded = BigramEmbedding(len(data.vocabulary), config.bigram_buckets,
-                                   config.embedding_dim, name="embed")(word_ids)
-    else:
-        embedded = keras.layers.Embedding(len(data.vocabulary), config.embedding_dim,
-                                          mask_zero=True, name="embed")(word_ids)
+    embedded = keras.layers.Embedding(len(data.vocabulary), config.embedding_dim,
+                                      mask_zero=True, name="embed")(word_ids)
     embedded = keras.layers.SpatialDropout1D(config.embedding_dropout)(embedded)
     # ElmanRNN runs the cell with U x_t computed for all steps before the loop (same results as
     # keras.layers.RNN(ElmanCell), faster).
