@@ -26,22 +26,37 @@ csv.field_size_limit(sys.maxsize)
 
 
 def _read_csv(path, split=None):
-    """Reads `(texts, labels)` from a gzip CSV with `label` and `text` columns."""
+    """Reads `(texts, labels, review_ids)` from a gzip CSV with `label` and `text` columns (and
+    `id`; without it the ids are None)."""
     with gzip.open(path, "rt", encoding="utf-8", newline="") as file:
         rows = [row for row in csv.DictReader(file) if split is None or row["split"] == split]
     texts = [row["text"] for row in rows]
     labels = np.array([int(row["label"]) for row in rows], dtype="int32")
-    return texts, labels
+    review_ids = None
+    if rows and "id" in rows[0]:
+        review_ids = np.array([int(row["id"]) for row in rows], dtype="int64")
+    return texts, labels, review_ids
 
 
 def _read_folder(root, split):
-    """Reads `(texts, labels)` from `aclImdb/<split>/{neg,pos}/*.txt` in sorted file order."""
-    texts, labels = [], []
+    """Reads `(texts, labels, review_ids)` from `aclImdb/<split>/{neg,pos}/<id>_<rating>.txt` in
+    sorted file order."""
+    texts, labels, review_ids = [], [], []
     for label, polarity in enumerate(("neg", "pos")):
         for path in sorted((root / split / polarity).glob("*.txt")):
             texts.append(path.read_text(encoding="utf-8", errors="replace"))
             labels.append(label)
-    return texts, np.array(labels, dtype="int32")
+            review_ids.append(int(path.stem.split("_")[0]))
+    return texts, np.array(labels, dtype="int32"), np.array(review_ids, dtype="int64")
+
+
+def _splits(read, source):
+    """`{"train": (texts, labels), "test": ..., "review_ids": {...}, "source": ...}` from
+    `read(split) -> (texts, labels, review_ids)`."""
+    splits = {split: read(split) for split in SPLITS}
+    return {**{split: (texts, labels) for split, (texts, labels, _) in splits.items()},
+            "review_ids": {split: ids for split, (_, _, ids) in splits.items()},
+            "source": source}
 
 
 def _download(data_dir):
@@ -65,8 +80,10 @@ def load_imdb(data_dir=None, download=True):
         download: whether to fetch the canonical archive when no local copy is found.
 
     Returns:
-        A dict `{"train": (texts, labels), "test": (texts, labels), "source": str}`: texts a list
-        of `str`, labels an `int32` array (0 negative, 1 positive).
+        A dict `{"train": (texts, labels), "test": (texts, labels), "review_ids": {"train": ids,
+        "test": ids}, "source": str}`: texts a list of `str`, labels an `int32` array
+        (0 negative, 1 positive), ids the `int64` review ids of the original file names (None
+        for the shipped sample). Within a label, reviews of one movie have consecutive ids.
 
     Raises:
         FileNotFoundError: when a data directory is set but holds no copy and the download
@@ -74,12 +91,11 @@ def load_imdb(data_dir=None, download=True):
     """
     root = resolve_data_dir(data_dir)
     if root is None:
-        splits = {split: _read_csv(SAMPLE_FILE, split) for split in SPLITS}
-        return {**splits, "source": f"the sample shipped with elman ({SAMPLE_FILE.name})"}
+        return _splits(lambda split: _read_csv(SAMPLE_FILE, split),
+                       f"the sample shipped with elman ({SAMPLE_FILE.name})")
     csv_paths = {split: root / "imdb" / f"imdb_{split}.csv.gz" for split in SPLITS}
     if all(path.is_file() for path in csv_paths.values()):
-        splits = {split: _read_csv(path) for split, path in csv_paths.items()}
-        return {**splits, "source": str(root / "imdb")}
+        return _splits(lambda split: _read_csv(csv_paths[split]), str(root / "imdb"))
     folder = root / "aclImdb"
     if not (folder / "train" / "pos").is_dir():
         problem = "download=False"
@@ -95,5 +111,4 @@ def load_imdb(data_dir=None, download=True):
                 f"{csv_paths['test']} (gzip CSV with columns id,rating,label,text), or the "
                 f"folder {folder}/ extracted from {URL}; {problem}. Put the files there, or "
                 f"unset ELMAN_DATA_DIR (and --data-dir) to use the shipped sample.")
-    splits = {split: _read_folder(folder, split) for split in SPLITS}
-    return {**splits, "source": str(folder)}
+    return _splits(lambda split: _read_folder(folder, split), str(folder))

@@ -118,6 +118,7 @@ def test_reads_a_local_copy_in_the_shared_csv_layout(tmp_path):
     assert splits["train"][0] == ["good, film", "bad"]
     assert splits["train"][1].tolist() == [1, 0]
     assert splits["test"][0] == ["nice"]
+    assert splits["review_ids"]["train"].tolist() == [1, 2]
 
 
 def test_reads_the_canonical_aclimdb_folder(tmp_path):
@@ -131,6 +132,27 @@ def test_reads_the_canonical_aclimdb_folder(tmp_path):
     splits = imdb_data.load_imdb(tmp_path, download=False)
     assert splits["train"][0] == ["hated it", "loved it"]
     assert splits["train"][1].tolist() == [0, 1]
+    assert splits["review_ids"]["train"].tolist() == [1, 0]
+    assert splits["review_ids"]["test"].tolist() == [3, 2]
+
+
+def test_validation_holds_out_the_last_ids_of_each_label():
+    # Two labels with ids 0-9 each, shuffled as in a file; ids of one movie are consecutive.
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 10)
+    review_ids = np.tile(np.arange(10), 2)
+    order = rng.permutation(20)
+    labels, review_ids = labels[order], review_ids[order]
+    train, validation = app.validation_indices(labels, review_ids, 0.2, seed=0)
+    held_out = sorted(zip(labels[validation].tolist(), review_ids[validation].tolist()))
+    assert held_out == [(0, 8), (0, 9), (1, 8), (1, 9)]
+    assert sorted([*train, *validation]) == list(range(20))
+    # Without ids (the shipped sample): a seeded random share, the same for the same seed.
+    _, first = app.validation_indices(labels, None, 0.25, seed=3)
+    _, second = app.validation_indices(labels, None, 0.25, seed=3)
+    assert len(first) == 5 and first.tolist() == second.tolist()
+    with pytest.raises(ValueError, match="validation_fraction must leave reviews in both"):
+        app.validation_indices(labels, review_ids, 0.01, seed=0)
 
 
 def test_missing_data_says_where_to_put_it(tmp_path, monkeypatch):
