@@ -25,11 +25,15 @@ SAMPLE_FILE = SAMPLES_DIR / "imdb_sample.csv.gz"
 csv.field_size_limit(sys.maxsize)
 
 
-def _read_csv(path, split=None):
-    """Reads `(texts, labels, review_ids)` from a gzip CSV with `label` and `text` columns (and
-    `id`; without it the ids are None)."""
+def _read_csv(path):
+    """The rows of a gzip CSV, as dicts."""
     with gzip.open(path, "rt", encoding="utf-8", newline="") as file:
-        rows = [row for row in csv.DictReader(file) if split is None or row["split"] == split]
+        return list(csv.DictReader(file))
+
+
+def _columns(rows):
+    """`(texts, labels, review_ids)` from CSV rows with `label` and `text` columns (and `id`;
+    without it the ids are None)."""
     texts = [row["text"] for row in rows]
     labels = np.array([int(row["label"]) for row in rows], dtype="int32")
     review_ids = None
@@ -91,11 +95,12 @@ def load_imdb(data_dir=None, download=True):
     """
     root = resolve_data_dir(data_dir)
     if root is None:
-        return _splits(lambda split: _read_csv(SAMPLE_FILE, split),
+        rows = _read_csv(SAMPLE_FILE)  # Both splits in one file, with a `split` column.
+        return _splits(lambda split: _columns([row for row in rows if row["split"] == split]),
                        f"the sample shipped with elman ({SAMPLE_FILE.name})")
     csv_paths = {split: root / "imdb" / f"imdb_{split}.csv.gz" for split in SPLITS}
     if all(path.is_file() for path in csv_paths.values()):
-        return _splits(lambda split: _read_csv(csv_paths[split]), str(root / "imdb"))
+        return _splits(lambda split: _columns(_read_csv(csv_paths[split])), str(root / "imdb"))
     folder = root / "aclImdb"
     if not (folder / "train" / "pos").is_dir():
         problem = "download=False"
