@@ -15,7 +15,7 @@ after the end token; a finished sequence never changes again.
 import numpy as np
 import tensorflow as tf
 
-from elman.text import END, START
+from elman.text import END, START, UNKNOWN
 
 # Added to the log-probability of words that must not be written; finite so sums stay finite.
 NEVER = -1e9
@@ -167,13 +167,17 @@ class TextDecoder:
         self.start_id, self.end_id = self.vocabulary.index(START), self.vocabulary.index(END)
         self.max_length = length_layer.max_length - 1
         self.length_penalty = float(length_penalty)
-        # Words never written: padding (it marks the end) and "[start]".
+        # Words never written: padding (it marks the end), "[start]", and the out-of-vocabulary
+        # word "[UNK]", which says nothing to a reader and never matches a reference.
         never = np.zeros(len(self.vocabulary), "float32")
         never[[0, self.start_id]] = NEVER
+        if UNKNOWN in self.vocabulary:
+            never[self.vocabulary.index(UNKNOWN)] = NEVER
         self._never = tf.constant(never)
 
     def next_word(self, logits):
-        """Logits `(batch, vocabulary)` -> log-probabilities, never padding nor "[start]"."""
+        """Logits `(batch, vocabulary)` -> log-probabilities, never padding, "[start]" nor
+        "[UNK]"."""
         return tf.nn.log_softmax(logits) + self._never
 
     def words(self, ids):

@@ -10,6 +10,8 @@ from keras import ops
 # The words that open and close every target sequence; standardized text has no brackets, so
 # no real word can be one of them.
 START, END = "[start]", "[end]"
+# TextVectorization's word for every word outside its vocabulary.
+UNKNOWN = "[UNK]"
 
 
 @keras.saving.register_keras_serializable(package="elman")

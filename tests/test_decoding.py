@@ -89,3 +89,23 @@ def test_ids_to_words_leaves_out_the_special_ids():
     ids = tf.constant([[3, 4, 2, 0], [1, 4, 0, 0]], tf.int64)
     assert decoding.ids_to_words(vocabulary, ids, (PAD, START, END)).numpy().tolist() == \
         [b"a b", b"b"]
+
+
+def test_text_decoder_never_writes_padding_start_or_unknown_words():
+    import keras
+
+    from elman.text import END, START, UNKNOWN, SequenceLength
+
+    vectorizer = keras.layers.TextVectorization(vocabulary=[START, END, "yes", "no"])
+    decoder = decoding.TextDecoder(vectorizer, SequenceLength(5))
+    vocabulary = vectorizer.get_vocabulary()
+    assert vocabulary[:2] == ["", UNKNOWN]
+    # Padding, "[UNK]" and "[start]" get the highest logits; "no" is the best word allowed.
+    logits = tf.constant([[9.0, 8.0, 7.0, 1.0, 2.0, 3.0]])
+    log_probabilities = decoder.next_word(logits).numpy()[0]
+    assert vocabulary[int(np.argmax(log_probabilities))] == "no"
+    for word in ("", UNKNOWN, START):
+        assert log_probabilities[vocabulary.index(word)] <= decoding.NEVER
+    # The words allowed keep their log-probabilities under the full softmax.
+    expected = logits.numpy()[0] - np.log(np.exp(logits.numpy()[0]).sum())
+    np.testing.assert_allclose(log_probabilities[3:], expected[3:], rtol=1e-5)
