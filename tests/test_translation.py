@@ -76,6 +76,31 @@ def test_split_keeps_every_test_source_out_of_train():
     assert sorted(moved["test"]) == sorted(original["test"])
 
 
+def test_batches_group_pairs_of_similar_length_and_keep_every_pair():
+    pairs = anki.load_anki()["pairs"][::7]
+    sources, targets = (list(column) for column in zip(*pairs))
+    dataset = tf.data.Dataset.from_tensor_slices({"source": sources, "target": targets})
+
+    def longer_side(batch):
+        return [max(len(s.split()), len(t.split()))
+                for s, t in zip(batch["source"].numpy(), batch["target"].numpy())]
+
+    for buckets in (0, 2, 8):
+        batches = list(app.batch_by_length(dataset, 16, buckets))
+        seen = sorted((s, t) for batch in batches
+                      for s, t in zip(batch["source"].numpy(), batch["target"].numpy()))
+        assert seen == sorted((s.encode(), t.encode()) for s, t in pairs)
+        assert max(len(batch["source"]) for batch in batches) == 16
+    # With 8 groups, a batch's sentences lie between two of the boundaries 4, 6, 8, 11, 16, 23,
+    # 32 words; in plain batches they do not.
+    bounds = [0, 4, 6, 8, 11, 16, 23, 32, 10 ** 6]
+    for batch in app.batch_by_length(dataset, 16, 8):
+        lengths = longer_side(batch)
+        assert len({next(i for i, b in enumerate(bounds) if n < b) for n in lengths}) == 1
+    plain = [longer_side(batch) for batch in app.batch_by_length(dataset, 16, 0)]
+    assert any(max(lengths) >= 2 * min(lengths) for lengths in plain)
+
+
 def test_a_repeated_source_stays_in_one_split():
     pairs = [("I ran.", "Corrí."), ("I ran!", "Me fui corriendo."), ("i ran", "Corría.")]
     pairs += [(f"Sentence {i}.", f"Frase {i}.") for i in range(200)]
@@ -170,11 +195,15 @@ def test_exported_overfit_model_translates_its_training_sentences(overfit, tmp_p
     served = app_checks.check_export_without_elman(app, model, {"sentence": sources}, tmp_path)
     translations = tf.saved_model.load(str(served)).signatures["serving_default"](
         sentence=sources)["translation"].numpy()
-    # The reference as the model can write it: standardized, rare words as [UNK].
+    # The reference as the model can write it: standardized. Rare words are [UNK], which the
+    # decoder never writes, so only references without them can come back exactly.
     translator = app.Translator(model)
     expected = translator._to_text(model.get_layer("target_vectorizer")(targets)).numpy()
+    writable = np.array([b"[UNK]" not in reference for reference in expected])
     right = translations == expected
-    assert right.sum() >= 14, list(zip(translations, expected))
+    assert writable.sum() >= 8 and right[writable].sum() >= writable.sum() - 1, \
+        list(zip(translations, expected))
+    assert not any(b"[UNK]" in translation for translation in translations)
 
 
 def test_beam_width_one_equals_greedy(overfit, model, data):

@@ -2,7 +2,8 @@
 
 An Elman encoder reads the source sentence in both directions; an Elman decoder writes the
 translation word by word, starting from a state made of the encoder's final states, and looks
-back at every encoder state through attention (Luong et al., 2015, "general" scoring):
+back at every encoder state through attention (Bahdanau et al., 2015, additive scoring, by
+default; or scaled dot products):
 
     source (string)
       -> standardize_sentence, TextVectorization: word ids               # (batch, source_time)
@@ -73,13 +74,19 @@ class Config:
     hidden_units: int = 256
     # f, the state activation of the cells.
     activation: str = "tanh"
+    # How a decoder state scores the encoder states: "additive" (Bahdanau: v . tanh(W_q s_t +
+    # W_k h_j), bounded scores that keep learning) or "dot" (Luong's "general" score s_t W_q h_j,
+    # scaled by 1 / sqrt(2 * hidden_units)).
+    attention: str = "additive"
     # Dropout of the embeddings and of the attentional state before the output layer.
     dropout: float = 0.2
     learning_rate: float = 1e-3
     # Gradient clipping by global norm (0 disables it).
     clipnorm: float = 1.0
     batch_size: int = 64
-    epochs: int = 10
+    # Groups of sentence lengths batched apart (padding is computed too); 0: plain batches.
+    length_buckets: int = 8
+    epochs: int = 12
     # Epochs without improvement of MONITOR before early stopping.
     patience: int = 2
     # Beam search: the width `elman evaluate` reports beside greedy decoding, and the length
@@ -104,6 +111,7 @@ def search_space(hp, config):
         learning_rate=hp.Float("learning_rate", 3e-4, 3e-3, sampling="log"),
         clipnorm=hp.Choice("clipnorm", [0.5, 1.0, 5.0]),
         dropout=hp.Float("dropout", 0.0, 0.5, step=0.1),
+        attention=hp.Choice("attention", ["additive", "dot"]),
     )
 
 
@@ -202,7 +210,8 @@ def load_data(config):
                                                    "target": tf.constant(targets)})
         if shuffle:
             data = data.shuffle(len(sources), seed=config.seed, reshuffle_each_iteration=True)
-        data = data.batch(config.batch_size).map(labelled, num_parallel_calls=tf.data.AUTOTUNE)
+        data = batch_by_length(data, config.batch_size, config.length_buckets)
+        data = data.map(labelled, num_parallel_calls=tf.data.AUTOTUNE)
         return data.prefetch(tf.data.AUTOTUNE)
 
     return Data(
@@ -215,6 +224,28 @@ def load_data(config):
         source=f"{loaded['source']} ({config.direction}: {len(splits['train'])} train, "
                f"{len(splits['validation'])} validation, {len(splits['test'])} test pairs)",
     )
+
+
+def batch_by_length(pairs, batch_size, buckets):
+    """Batches `{"source", "target"}` string pairs of similar length together.
+
+    A batch is padded to its longest sentence, so a random batch of short sentences with one
+    long one costs as much as a batch of long ones; most pairs are short (7 words on average).
+    `buckets` (>= 2) groups the pairs by the word count of the longer side, at boundaries spread
+    geometrically from 4 to 32 words, and batches each group alone; 0 or 1 batches in order.
+    Shuffled input stays shuffled within each group.
+    """
+    if buckets < 2:
+        return pairs.batch(batch_size)
+    boundaries = sorted({int(round(4 * 8 ** (i / (buckets - 2)))) if buckets > 2 else 8
+                         for i in range(buckets - 1)})
+
+    def words(pair):  # An estimate: spaces, not standardized words.
+        return tf.maximum(tf.size(tf.strings.split(pair["source"])),
+                          tf.size(tf.strings.split(pair["target"])))
+
+    return pairs.bucket_by_sequence_length(words, boundaries,
+                                           [batch_size] * (len(boundaries) + 1))
 
 
 # The model.
@@ -240,26 +271,50 @@ def _recurrent_layers(config, recurrent_layer):
 
 
 def encode(layers, source):
-    """Source strings -> `(source_ids, encoder_states, decoder_initial_state)`.
+    """Source strings -> `(source, decoder_initial_state)`.
 
-    Shapes: `(batch, source_time)`, `(batch, source_time, 2 * units)`, `(batch, units)`.
-    `layers` maps the layer names of `build_model` to the layers; the same function wires the
-    training model and the decoding loops.
+    `source` holds what attention reads, computed once per sentence: `ids` `(batch,
+    source_time)`, the encoder's `states` `(batch, source_time, 2 * units)` and their attention
+    `keys` (same shape). The decoder's initial state is `(batch, units)`. `layers` maps the
+    layer names of `build_model` to the layers; the same function wires the training model and
+    the decoding loops.
     """
     source_ids = layers["source_length"](layers["source_vectorizer"](source))
     embedded = layers["source_dropout"](layers["source_embedding"](source_ids))
     states, forward, backward = layers["encoder"](embedded, mask=ops.not_equal(source_ids, 0))
     initial_state = layers["decoder_initial_state"](ops.concatenate([forward, backward], -1))
-    return source_ids, states, initial_state
+    keys = layers["attention_key"](states)
+    return {"ids": source_ids, "states": states, "keys": keys}, initial_state
 
 
-def predict_words(layers, decoder_states, encoder_states, source_ids):
-    """Decoder states `(batch, time, units)` -> logits of the next word `(batch, time, vocab)`."""
+def predict_words(layers, decoder_states, source):
+    """Decoder states `(batch, time, units)` -> logits of the next word `(batch, time, vocab)`;
+    `source` as returned by `encode`."""
     query = layers["attention_query"](decoder_states)  # (batch, time, 2 * units)
-    context = layers["attention"]([query, encoder_states],
-                                  mask=[None, ops.not_equal(source_ids, 0)])
+    context = layers["attention"]([query, source["states"], source["keys"]],
+                                  mask=[None, ops.not_equal(source["ids"], 0)])
     attentional = layers["attentional_state"](ops.concatenate([decoder_states, context], -1))
     return layers["next_word"](layers["output_dropout"](attentional))
+
+
+def _attention_layers(config):
+    """The attention's layers for `config.attention`: query and key projections and scoring."""
+    width = 2 * config.hidden_units
+    if config.attention == "additive":
+        return {
+            "attention_query": keras.layers.Dense(width, use_bias=False, name="attention_query"),
+            "attention_key": keras.layers.Dense(width, name="attention_key"),
+            "attention": keras.layers.AdditiveAttention(name="attention"),
+        }
+    if config.attention == "dot":
+        return {
+            # Unscaled products of 512-dim vectors grow into the hundreds in training; their
+            # softmax then becomes one-hot and its gradient vanishes.
+            "attention_query": keras.layers.Dense(width, use_bias=False, name="attention_query"),
+            "attention_key": keras.layers.Rescaling(1 / width ** 0.5, name="attention_key"),
+            "attention": keras.layers.Attention(name="attention"),
+        }
+    raise ValueError(f"attention must be 'additive' or 'dot', received {config.attention!r}")
 
 
 def build_model(config, data, recurrent_layer=None):
@@ -295,9 +350,7 @@ def build_model(config, data, recurrent_layer=None):
                                                    config.embedding_dim, name="target_embedding"),
         "target_dropout": keras.layers.Dropout(config.dropout, name="target_dropout"),
         "decoder": decoder,
-        "attention_query": keras.layers.Dense(2 * config.hidden_units, use_bias=False,
-                                              name="attention_query"),
-        "attention": keras.layers.Attention(name="attention"),
+        **_attention_layers(config),
         "attentional_state": keras.layers.Dense(config.hidden_units, activation="tanh",
                                                 name="attentional_state"),
         "output_dropout": keras.layers.Dropout(config.dropout, name="output_dropout"),
@@ -305,12 +358,12 @@ def build_model(config, data, recurrent_layer=None):
     }
     source = keras.Input(shape=(), dtype="string", name="source")
     target = keras.Input(shape=(), dtype="string", name="target")
-    source_ids, encoder_states, initial_state = encode(layers, source)
+    encoded, initial_state = encode(layers, source)
     decoder_inputs, _ = teacher_forcing(layers["target_length"](target_vectorizer(target)))
     embedded = layers["target_dropout"](layers["target_embedding"](decoder_inputs))
     decoder_states = decoder(embedded, initial_state=[initial_state],
                              mask=ops.not_equal(decoder_inputs, 0))
-    logits = predict_words(layers, decoder_states, encoder_states, source_ids)
+    logits = predict_words(layers, decoder_states, encoded)
     model = keras.Model({"source": source, "target": target}, logits, name="translation_elman")
     optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
     model.compile(optimizer, loss=MaskedCrossentropy(), metrics=[MaskedAccuracy(name="accuracy")])
@@ -357,13 +410,11 @@ class Translator(decoding.TextDecoder):
 
     def _step(self, tokens, state, context):
         """One decoder step: `(batch,)` tokens, `(batch, units)` state -> log P of the next
-        word `(batch, vocabulary)`, new state. `context`: the encoder's states and the source
-        ids (for the attention mask)."""
-        encoder_states, source_ids = context
+        word `(batch, vocabulary)`, new state. `context`: the source as `encode` returns it."""
         embedded = self.layers["target_embedding"](tokens)  # (batch, embedding_dim)
         output, new_state = self.cell(embedded, [state], training=False)
         new_state = new_state[0] if isinstance(new_state, (list, tuple)) else new_state
-        logits = predict_words(self.layers, output[:, None, :], encoder_states, source_ids)
+        logits = predict_words(self.layers, output[:, None, :], context)
         return self.next_word(logits[:, 0, :]), new_state
 
     def _to_text(self, ids):
@@ -372,14 +423,14 @@ class Translator(decoding.TextDecoder):
 
     def greedy(self, sentence):
         """Translates `(batch,)` strings, choosing the most probable word at every step."""
-        source_ids, encoder_states, state = encode(self.layers, sentence)
-        return self._to_text(self.search(state, (encoder_states, source_ids)))
+        source, state = encode(self.layers, sentence)
+        return self._to_text(self.search(state, source))
 
     def beam_search(self, sentence, beam_width):
         """Translates `(batch,)` strings keeping the `beam_width` most probable partial
         translations at every step; returns `(translations, log_probabilities)`, `(batch,)`."""
-        source_ids, encoder_states, state = encode(self.layers, sentence)
-        ids, log_probabilities = self.search(state, (encoder_states, source_ids), beam_width)
+        source, state = encode(self.layers, sentence)
+        ids, log_probabilities = self.search(state, source, beam_width)
         return self._to_text(ids), log_probabilities
 
 
