@@ -86,7 +86,7 @@ class Config:
     batch_size: int = 64
     # Groups of sentence lengths batched apart (padding is computed too); 0: plain batches.
     length_buckets: int = 8
-    epochs: int = 12
+    epochs: int = 9
     # Epochs without improvement of MONITOR before early stopping.
     patience: int = 2
     # Beam search: the width `elman evaluate` reports beside greedy decoding, and the length
