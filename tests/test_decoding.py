@@ -2,11 +2,13 @@
 
 import itertools
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from elman import decoding
+from elman import text
 
 PAD, START, END, A, B = range(5)
 WORDS = (END, A, B)
@@ -92,19 +94,15 @@ def test_ids_to_words_leaves_out_the_special_ids():
 
 
 def test_text_decoder_never_writes_padding_start_or_unknown_words():
-    import keras
-
-    from elman.text import END, START, UNKNOWN, SequenceLength
-
-    vectorizer = keras.layers.TextVectorization(vocabulary=[START, END, "yes", "no"])
-    decoder = decoding.TextDecoder(vectorizer, SequenceLength(5))
+    vectorizer = keras.layers.TextVectorization(vocabulary=[text.START, text.END, "yes", "no"])
+    decoder = decoding.TextDecoder(vectorizer, text.SequenceLength(5))
     vocabulary = vectorizer.get_vocabulary()
-    assert vocabulary[:2] == ["", UNKNOWN]
+    assert vocabulary[:2] == ["", text.UNKNOWN]
     # Padding, "[UNK]" and "[start]" get the highest logits; "no" is the best word allowed.
     logits = tf.constant([[9.0, 8.0, 7.0, 1.0, 2.0, 3.0]])
     log_probabilities = decoder.next_word(logits).numpy()[0]
     assert vocabulary[int(np.argmax(log_probabilities))] == "no"
-    for word in ("", UNKNOWN, START):
+    for word in ("", text.UNKNOWN, text.START):
         assert log_probabilities[vocabulary.index(word)] <= decoding.NEVER
     # The words allowed keep their log-probabilities under the full softmax.
     expected = logits.numpy()[0] - np.log(np.exp(logits.numpy()[0]).sum())

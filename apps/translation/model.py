@@ -32,6 +32,7 @@ import re
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -237,8 +238,8 @@ def batch_by_length(pairs, batch_size, buckets):
     """
     if buckets < 2:
         return pairs.batch(batch_size)
-    boundaries = sorted({int(round(4 * 8 ** (i / (buckets - 2)))) if buckets > 2 else 8
-                         for i in range(buckets - 1)})
+    boundaries = (np.unique(np.round(np.geomspace(4, 32, buckets - 1)).astype(int)).tolist()
+                  if buckets > 2 else [8])
 
     def words(pair):  # An estimate: spaces, not standardized words.
         return tf.maximum(tf.size(tf.strings.split(pair["source"])),
