@@ -10,11 +10,14 @@ A run directory holds everything a run produces:
     training.csv       one row of metrics per epoch (appended across resumes)
     tensorboard/       TensorBoard logs: `tensorboard --logdir RUN_DIR/tensorboard`
     metrics.json       the metrics of the best epoch (the weights saved), epochs run, time
+    refit.csv          with `refit` set: the epochs of the fresh model trained on training +
+                       validation data for the best epoch's count (it becomes model.keras)
     evaluation.json    the test metrics written by `elman evaluate`
 """
 
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,10 +42,17 @@ def monitor_mode(app):
     return "min" if "loss" in app.MONITOR else "max"
 
 
-def _callbacks(app, config, run_dir):
+def _callbacks(app, config, run_dir, model):
     monitor, mode = app.MONITOR, monitor_mode(app)
+    # With an optimizer that keeps an exponential moving average of the weights (`use_ema`),
+    # validation, the best checkpoint and early stopping see the averaged weights, and the
+    # model keeps them at the end. Listed after BackupAndRestore, so that the backup holds the
+    # raw weights a resumed run goes on from.
+    averaging = ([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
+                 if getattr(model.optimizer, "use_ema", False) else [])
     return [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        *averaging,
         keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=monitor, mode=mode,
                                         save_best_only=True),
         keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=config.patience,
@@ -80,25 +90,78 @@ def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbo
     if model is None:
         model = app.build_model(config, data)
     print(f"[elman] {app.NAME}: {model.count_params():,} parameters; run directory {run_dir}")
-    started = time.perf_counter()
-    try:
-        history = model.fit(data.train, validation_data=data.validation, epochs=config.epochs,
-                            shuffle=False,  # The app's tf.data pipeline shuffles.
-                            callbacks=[*_callbacks(app, config, run_dir), *extra_callbacks],
-                            verbose=verbose)
-    except KeyboardInterrupt:
-        print(f"\n[elman] interrupted: completed epochs are kept in {run_dir / 'backup'}; "
-              "run the same command again to resume.", file=sys.stderr)
-        raise
+    refit = getattr(config, "refit", False)
+    history = None
+    if refit and (run_dir / REFIT_BACKUP).is_dir() and (run_dir / "metrics.json").is_file():
+        # An interrupted refit: the epochs were chosen already; go on with the refit.
+        final = json.loads((run_dir / "metrics.json").read_text())
+    else:
+        started = time.perf_counter()
+        try:
+            history = model.fit(
+                data.train, validation_data=data.validation, epochs=config.epochs,
+                shuffle=False,  # The app's tf.data pipeline shuffles.
+                callbacks=[*_callbacks(app, config, run_dir, model), *extra_callbacks],
+                verbose=verbose)
+        except KeyboardInterrupt:
+            _say_how_to_resume(run_dir / "backup")
+            raise
+        # Early stopping restored the best epoch's weights, so its metrics describe the model.
+        scores = history.history.get(app.MONITOR) or [0.0]
+        best = scores.index(min(scores) if monitor_mode(app) == "min" else max(scores))
+        final = {key: float(values[best]) for key, values in history.history.items()}
+        final.update(best_epoch=history.epoch[best] if history.epoch else None,
+                     epochs_run=len(history.epoch),
+                     training_seconds=time.perf_counter() - started)
+        (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+    if refit:
+        started = time.perf_counter()
+        model = _refit(app, config, run_dir, data, model, final["best_epoch"] + 1, verbose,
+                       extra_callbacks)
+        final.update(refit_epochs=final["best_epoch"] + 1,
+                     refit_seconds=time.perf_counter() - started)
+        final["training_seconds"] += final["refit_seconds"]
+        (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
     model.save(run_dir / "model.keras")
-    # Early stopping restored the best epoch's weights, so its metrics describe the saved model.
-    scores = history.history.get(app.MONITOR) or [0.0]
-    best = scores.index(min(scores) if monitor_mode(app) == "min" else max(scores))
-    final = {key: float(values[best]) for key, values in history.history.items()}
-    final.update(best_epoch=history.epoch[best] if history.epoch else None,
-                 epochs_run=len(history.epoch), training_seconds=time.perf_counter() - started)
-    (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
     return model, history
+
+
+REFIT_BACKUP = "refit-backup"
+
+
+def _say_how_to_resume(backup_dir):
+    print(f"\n[elman] interrupted: completed epochs are kept in {backup_dir}; "
+          "run the same command again to resume.", file=sys.stderr)
+
+
+def _refit(app, config, run_dir, data, model, epochs, verbose, extra_callbacks=()):
+    """Trains a fresh copy of `model` (same layers and compile settings, new weights) on the
+    training and validation data together for `epochs` epochs: the number of epochs early
+    stopping chose on the validation split, now with more data to learn from. Nothing is
+    validated: the validation examples are part of its training data."""
+    if getattr(data, "train_and_validation", None) is None:
+        raise ValueError(f"{app.NAME} cannot refit: its data has no train_and_validation split; "
+                         "set refit=false")
+    print(f"[elman] {app.NAME}: refitting a fresh model on training + validation data for "
+          f"{epochs} epochs (the best epoch on validation)")
+    keras.utils.set_random_seed(config.seed)
+    # The same architecture with new weights (`clone_model` cannot copy every layer argument,
+    # such as a text standardization function; serialization can).
+    fresh = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    fresh.compile_from_config(model.get_compile_config())
+    backup_dir = run_dir / REFIT_BACKUP
+    backup_dir.mkdir(exist_ok=True)  # Marks the refit as started, for a resumed run.
+    try:
+        fresh.fit(data.train_and_validation, epochs=epochs, shuffle=False, verbose=verbose,
+                  callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir)),
+                             keras.callbacks.CSVLogger(str(run_dir / "refit.csv"), append=True),
+                             keras.callbacks.TensorBoard(str(run_dir / "tensorboard" / "refit")),
+                             *extra_callbacks])
+    except KeyboardInterrupt:
+        _say_how_to_resume(backup_dir)
+        raise
+    shutil.rmtree(backup_dir, ignore_errors=True)
+    return fresh
 
 
 def load_run_config(app, run_dir, data_dir=None):

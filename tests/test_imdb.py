@@ -88,6 +88,15 @@ def test_standardize_review():
     cleaned = app.standardize_review(tf.constant(["Great<br />MOVIE!!", "ÉTÉ, café", "\xff"
                                                   .encode("latin-1")]))
     assert [text.decode() for text in cleaned.numpy()] == ["great movie ", "été café", " "]
+    kept = app.standardize_review_keeping_marks(tf.constant(["Great<br />MOVIE!!", "Why?!? No."]))
+    assert [text.decode() for text in kept.numpy()] == ["great movie ! ", "why ? no "]
+
+
+def test_keeping_marks_puts_them_in_the_vocabulary():
+    config = dataclasses.replace(app.SMOKE, keep_marks=True)
+    vocabulary = app.load_data(config).vocabulary
+    assert "!" in vocabulary and "?" in vocabulary
+    assert "!" not in app.load_data(app.SMOKE).vocabulary
 
 
 def test_learns_the_sample(data):
@@ -181,6 +190,81 @@ def test_interrupted_training_resumes(tmp_path, data):
     epochs = [row["epoch"] for row in csv.DictReader(open(tmp_path / "training.csv"))]
     assert epochs == ["0", "1"]  # The second run started at epoch 1, not again at 0.
     assert (tmp_path / "model.keras").is_file() and not (tmp_path / "backup").exists()
+
+
+class _RawWeightsAtEpochEnd(keras.callbacks.Callback):
+    """The weights the optimizer trained, before any averaging is swapped in for validation."""
+
+    def on_train_begin(self, logs=None):
+        self.weights = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.last = [weight.numpy().copy() for weight in self.model.trainable_weights]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append(self.last)
+
+
+@pytest.mark.parametrize("ema_momentum", [0.0, 0.9])
+def test_validation_checkpoints_and_final_model_use_the_averaged_weights(tmp_path, data,
+                                                                          ema_momentum):
+    config = dataclasses.replace(app.SMOKE, epochs=3, patience=3, ema_momentum=ema_momentum)
+    raw = _RawWeightsAtEpochEnd()
+    model, history = training.train(app, config, tmp_path, data=data, verbose=0,
+                                    extra_callbacks=[raw])
+    best = int(np.argmax(history.history["val_accuracy"]))
+    # The final model is the one validated at the best epoch...
+    validation = model.evaluate(data.validation, return_dict=True, verbose=0)
+    assert validation["loss"] == pytest.approx(history.history["val_loss"][best], rel=1e-4)
+    best_checkpoint = keras.saving.load_model(tmp_path / "best.keras")
+    for saved, final in zip(best_checkpoint.trainable_weights, model.trainable_weights):
+        np.testing.assert_allclose(saved.numpy(), final.numpy(), rtol=1e-6)
+    # ... which is the average of the trained weights, not the last of them, with averaging on.
+    final = [weight.numpy() for weight in model.trainable_weights]
+    same = all(np.array_equal(a, b) for a, b in zip(final, raw.weights[best]))
+    assert same == (ema_momentum == 0)
+
+
+class _InterruptTheRefit(keras.callbacks.Callback):
+    """Interrupts the second fit (the refit) after its first epoch."""
+
+    fits = 0
+
+    def on_train_begin(self, logs=None):
+        type(self).fits += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if type(self).fits == 2:
+            raise KeyboardInterrupt
+
+
+def test_refit_trains_a_fresh_model_on_all_training_reviews_and_resumes(tmp_path):
+    config = dataclasses.replace(app.SMOKE, epochs=4, patience=4, learning_rate=0.01,
+                                 refit=True)
+    # Fresh data: the shared fixture's shuffling depends on the tests that ran before, and so
+    # would the epoch that early stopping chooses.
+    data = app.load_data(config)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(app, config, tmp_path, data=data, verbose=0,
+                       extra_callbacks=[_InterruptTheRefit()])
+    chosen = json.loads((tmp_path / "metrics.json").read_text())["best_epoch"] + 1
+    assert chosen >= 2  # So that the refit has epochs left after the interruption.
+    model, _ = training.train(app, config, tmp_path, data=data, verbose=0)
+    # The epochs on the training split ran once; the refit resumed after its first epoch.
+    assert len(list(csv.DictReader(open(tmp_path / "training.csv")))) == 4
+    refit_epochs = [row["epoch"] for row in csv.DictReader(open(tmp_path / "refit.csv"))]
+    assert refit_epochs == [str(epoch) for epoch in range(chosen)]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["refit_epochs"] == chosen and not (tmp_path / "refit-backup").exists()
+    # The final model is the refit one, trained on all 300 training reviews of the sample, not
+    # the best checkpoint.
+    saved = keras.saving.load_model(tmp_path / "model.keras")
+    best = keras.saving.load_model(tmp_path / "best.keras")
+    assert not np.array_equal(saved.get_layer("embed").embeddings.numpy(),
+                              best.get_layer("embed").embeddings.numpy())
+    np.testing.assert_array_equal(saved.get_layer("embed").embeddings.numpy(),
+                                  model.get_layer("embed").embeddings.numpy())
+    assert sum(int(batch[1].shape[0]) for batch in data.train_and_validation) == 300
 
 
 def test_training_is_seeded(tmp_path):

@@ -7,6 +7,7 @@ The model reads a review word by word with Elman cells in both directions and po
       -> TextVectorization: word ids, cut to `sequence_length`             # (batch, time)
       -> WordDropout (training only): some words become the unknown word
       -> Embedding, masking the padding                                    # (batch, time, embedding_dim)
+      -> (training with adversarial_epsilon) + the perturbation that raises the loss most
       -> Bidirectional(ElmanRNN(ElmanCell)), every state s_t             # (batch, time, 2 * hidden_units)
       -> StatePooling: max and mean of s_t over the review's words         # (batch, 4 * hidden_units)
       -> Dense(1, sigmoid): P(positive)                                    # (batch, 1)
@@ -25,7 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from elman.datasets.imdb import load_imdb
-from elman.layers import ElmanCell, ElmanRNN, StatePooling, WordDropout
+from elman.layers import (AdversarialModel, ElmanCell, ElmanRNN, EmbeddingPerturbation,
+                          StatePooling, WordDropout)
 
 NAME = "imdb"
 # The metric that checkpoints, early stopping and the tuner maximize.
@@ -64,8 +66,21 @@ class Config:
     learning_rate: float = 1e-3
     # Gradient clipping by global norm (0 disables it): BPTT over 400 steps can explode.
     clipnorm: float = 1.0
+    # Momentum of an exponential moving average of the weights (Polyak averaging), which
+    # validation, checkpoints and the final model use; 0 trains without it.
+    ema_momentum: float = 0.0
+    # Adversarial training (Miyato et al., 2017): each step also trains on the embedded words
+    # moved, along the loss gradient, by this fraction of their norm; 0 disables it. Doubles
+    # the cost of a step.
+    adversarial_epsilon: float = 0.0
+    # Keep "!" and "?" as words of their own instead of dropping them with the punctuation.
+    keep_marks: bool = False
     batch_size: int = 64
     epochs: int = 8
+    # After early stopping has chosen the number of epochs on the validation split, train a
+    # fresh model on all training reviews (validation included) for that many epochs: it
+    # becomes the final model. Doubles the training time.
+    refit: bool = False
     # Epochs without improvement of MONITOR before early stopping.
     patience: int = 2
     seed: int = 0
@@ -98,22 +113,36 @@ class Data:
     test: tf.data.Dataset
     vocabulary: list
     source: str
+    # All training reviews, validation included, shuffled: for `refit`.
+    train_and_validation: tf.data.Dataset = None
 
 
-@keras.saving.register_keras_serializable(package="elman")
-def standardize_review(review):
-    """Standardizes a batch of raw reviews: `(batch,)` string -> `(batch,)` string."""
+def _clean_review(review):
     # Invalid UTF-8 bytes become U+FFFD instead of failing the string ops below.
     review = tf.strings.unicode_transcode(review, "UTF-8", "UTF-8", errors="replace",
                                           replacement_char=0xFFFD)
     review = tf.strings.lower(review, encoding="utf-8")
-    review = tf.strings.regex_replace(review, r"<br\s*/?>", " ")
-    return tf.strings.regex_replace(review, r"[^\p{L}\p{N}']+", " ")
+    return tf.strings.regex_replace(review, r"<br\s*/?>", " ")
+
+
+@keras.saving.register_keras_serializable(package="elman")
+def standardize_review(review):
+    """Standardizes a batch of raw reviews: `(batch,)` string -> `(batch,)` string: valid UTF-8,
+    lower case, words of letters, digits and apostrophes separated by single spaces."""
+    return tf.strings.regex_replace(_clean_review(review), r"[^\p{L}\p{N}']+", " ")
+
+
+@keras.saving.register_keras_serializable(package="elman")
+def standardize_review_keeping_marks(review):
+    """As `standardize_review`, but a run of "!" or "?" becomes one word "!" or "?"."""
+    review = tf.strings.regex_replace(_clean_review(review), r"([!?])[!?]*", " \\1 ")
+    return tf.strings.regex_replace(review, r"[^\p{L}\p{N}'!?]+", " ")
 
 
 def _vectorizer(config, vocabulary=None):
+    standardize = standardize_review_keeping_marks if config.keep_marks else standardize_review
     return keras.layers.TextVectorization(
-        max_tokens=config.vocabulary_size, standardize=standardize_review,
+        max_tokens=config.vocabulary_size, standardize=standardize,
         vocabulary=vocabulary, name="vectorize")
 
 
@@ -177,6 +206,7 @@ def load_data(config):
         test=dataset(splits["test"][0], splits["test"][1], shuffle=False),
         vocabulary=vectorizer.get_vocabulary(),
         source=splits["source"],
+        train_and_validation=dataset(texts, labels, shuffle=True),
     )
 
 
@@ -200,6 +230,8 @@ def build_model(config, data, recurrent_layer=None):
     embedded = keras.layers.Embedding(len(data.vocabulary), config.embedding_dim,
                                       mask_zero=True, name="embed")(word_ids)
     embedded = keras.layers.SpatialDropout1D(config.embedding_dropout)(embedded)
+    # Where adversarial training perturbs the words; the identity otherwise.
+    embedded = EmbeddingPerturbation(name="perturb")(embedded)
     # ElmanRNN runs the cell with U x_t computed for all steps before the loop (same results as
     # keras.layers.RNN(ElmanCell), faster).
     recurrent = recurrent_layer or ElmanRNN(
@@ -211,8 +243,11 @@ def build_model(config, data, recurrent_layer=None):
     pooled = StatePooling(name="pool")(states)
     pooled = keras.layers.Dropout(config.dropout)(pooled)
     probability = keras.layers.Dense(1, activation="sigmoid", name="probability")(pooled)
-    model = keras.Model(review, probability, name="imdb_elman")
-    optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
+    model = AdversarialModel(review, probability, name="imdb_elman",
+                             adversarial_epsilon=config.adversarial_epsilon)
+    optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None,
+                                      use_ema=config.ema_momentum > 0,
+                                      ema_momentum=config.ema_momentum or 0.99)
     model.compile(optimizer, loss="binary_crossentropy", metrics=["accuracy"])
     return model
 
