@@ -48,7 +48,10 @@ def test_sample_splits(data):
     train = sum(int(batch[1].shape[0]) for batch in data.train)
     validation = sum(int(batch[1].shape[0]) for batch in data.validation)
     test = sum(int(batch[1].shape[0]) for batch in data.test)
-    assert (train, validation, test) == (240, 60, 200)
+    # The sample: 300 training reviews, of which validation_fraction (10%) are held out, and 200
+    # test reviews.
+    assert (train, validation, test) == (270, 30, 200)
+    assert validation == round(300 * app.SMOKE.validation_fraction)
     assert "sample" in data.source
     assert data.vocabulary[:2] == ["", "[UNK]"] and len(data.vocabulary) == app.SMOKE.vocabulary_size
 
