@@ -79,7 +79,8 @@ def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbo
         command: the command line to record (default: `sys.argv`).
 
     Returns:
-        `(model, history)`: the trained model and the Keras `History`.
+        `(model, history)`: the trained model and the Keras `History` of the fit on the
+        training split (None when a run resumed in its refit).
     """
     run_dir = Path(run_dir)
     write_run_record(run_dir, app, config, command)
@@ -91,29 +92,12 @@ def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbo
         model = app.build_model(config, data)
     print(f"[elman] {app.NAME}: {model.count_params():,} parameters; run directory {run_dir}")
     refit = getattr(config, "refit", False)
-    history = None
     if refit and (run_dir / REFIT_BACKUP).is_dir() and (run_dir / "metrics.json").is_file():
         # An interrupted refit: the epochs were chosen already; go on with the refit.
-        final = json.loads((run_dir / "metrics.json").read_text())
+        history, final = None, json.loads((run_dir / "metrics.json").read_text())
     else:
-        started = time.perf_counter()
-        try:
-            history = model.fit(
-                data.train, validation_data=data.validation, epochs=config.epochs,
-                shuffle=False,  # The app's tf.data pipeline shuffles.
-                callbacks=[*_callbacks(app, config, run_dir, model), *extra_callbacks],
-                verbose=verbose)
-        except KeyboardInterrupt:
-            _say_how_to_resume(run_dir / "backup")
-            raise
-        # Early stopping restored the best epoch's weights, so its metrics describe the model.
-        scores = history.history.get(app.MONITOR) or [0.0]
-        best = scores.index(min(scores) if monitor_mode(app) == "min" else max(scores))
-        final = {key: float(values[best]) for key, values in history.history.items()}
-        final.update(best_epoch=history.epoch[best] if history.epoch else None,
-                     epochs_run=len(history.epoch),
-                     training_seconds=time.perf_counter() - started)
-        (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+        history, final = _fit_with_validation(app, config, run_dir, data, model, verbose,
+                                              extra_callbacks)
     if refit:
         started = time.perf_counter()
         model = _refit(app, config, run_dir, data, model, final["best_epoch"] + 1, verbose,
@@ -121,12 +105,39 @@ def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbo
         final.update(refit_epochs=final["best_epoch"] + 1,
                      refit_seconds=time.perf_counter() - started)
         final["training_seconds"] += final["refit_seconds"]
-        (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+        _write_metrics(run_dir, final)
     model.save(run_dir / "model.keras")
     return model, history
 
 
+def _fit_with_validation(app, config, run_dir, data, model, verbose, extra_callbacks):
+    """Fits on the training split with early stopping on the validation split; writes and
+    returns the best epoch's metrics: `(history, metrics)`."""
+    started = time.perf_counter()
+    try:
+        history = model.fit(
+            data.train, validation_data=data.validation, epochs=config.epochs,
+            shuffle=False,  # The app's tf.data pipeline shuffles.
+            callbacks=[*_callbacks(app, config, run_dir, model), *extra_callbacks],
+            verbose=verbose)
+    except KeyboardInterrupt:
+        _say_how_to_resume(run_dir / "backup")
+        raise
+    # Early stopping restored the best epoch's weights, so its metrics describe the model.
+    scores = history.history.get(app.MONITOR) or [0.0]
+    best = scores.index(min(scores) if monitor_mode(app) == "min" else max(scores))
+    final = {key: float(values[best]) for key, values in history.history.items()}
+    final.update(best_epoch=history.epoch[best] if history.epoch else None,
+                 epochs_run=len(history.epoch), training_seconds=time.perf_counter() - started)
+    _write_metrics(run_dir, final)
+    return history, final
+
+
 REFIT_BACKUP = "refit-backup"
+
+
+def _write_metrics(run_dir, metrics):
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def _say_how_to_resume(backup_dir):

@@ -231,13 +231,15 @@ def test_validation_checkpoints_and_final_model_use_the_averaged_weights(tmp_pat
 class _InterruptTheRefit(keras.callbacks.Callback):
     """Interrupts the second fit (the refit) after its first epoch."""
 
-    fits = 0
+    def __init__(self):
+        super().__init__()
+        self.fits = 0
 
     def on_train_begin(self, logs=None):
-        type(self).fits += 1
+        self.fits += 1
 
     def on_epoch_end(self, epoch, logs=None):
-        if type(self).fits == 2:
+        if self.fits == 2:
             raise KeyboardInterrupt
 
 

@@ -114,7 +114,7 @@ class Data:
     test: tf.data.Dataset
     vocabulary: list
     source: str
-    # All training reviews, validation included, shuffled: for `refit`.
+    # All training reviews, validation included, shuffled: built only for `refit`.
     train_and_validation: tf.data.Dataset = None
 
 
@@ -207,7 +207,7 @@ def load_data(config):
         test=dataset(splits["test"][0], splits["test"][1], shuffle=False),
         vocabulary=vectorizer.get_vocabulary(),
         source=splits["source"],
-        train_and_validation=dataset(texts, labels, shuffle=True),
+        train_and_validation=dataset(texts, labels, shuffle=True) if config.refit else None,
     )
 
 
