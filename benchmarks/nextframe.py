@@ -22,21 +22,54 @@ from elman.apps import get_app
 app = get_app("nextframe")
 
 
+@keras.saving.register_keras_serializable(package="elman_benchmarks")
+class LatentConvLSTMCell(keras.layers.Layer):
+    """A ConvLSTM2D step on the latent vector seen as 8x8 maps, then a 1x1 convolution back to
+    the latent size: `(batch, latent_dim)` -> `(batch, latent_dim)`, states `[h, c]`
+    `(batch, 8, 8, 4 * latent_dim / 64)`. An RNN cell, so that `keras.layers.RNN` runs it over
+    a sequence and the app's rollouts step it as they step the Elman cell.
+
+    Args:
+        latent_dim: a multiple of 64.
+    """
+
+    def __init__(self, latent_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_dim = latent_dim
+        self.channels = latent_dim // 64
+        if self.channels * 64 != latent_dim:
+            raise ValueError(f"latent_dim must be a multiple of 64 for the ConvLSTM2D reference, "
+                             f"received latent_dim={latent_dim}")
+        # Keras's own ConvLSTM2D step, taken from the layer.
+        self.conv_lstm = keras.layers.ConvLSTM2D(4 * self.channels, 3, padding="same").cell
+        # A 1x1 convolution; linear: with a relu, 81% of its outputs died in the first epoch of
+        # the full-data run and the reference stopped learning.
+        self.project = keras.layers.Dense(self.channels)
+        self.state_size = [(8, 8, 4 * self.channels)] * 2
+        self.output_size = latent_dim
+
+    def build(self, input_shape):
+        self.conv_lstm.build((None, 8, 8, self.channels))
+        self.project.build((None, 8, 8, 4 * self.channels))
+
+    def call(self, inputs, states, training=False):
+        maps = keras.ops.reshape(inputs, (-1, 8, 8, self.channels))
+        h, states = self.conv_lstm(maps, states, training=training)
+        return keras.ops.reshape(self.project(h), (-1, self.latent_dim)), states
+
+    def get_initial_state(self, batch_size=None):
+        return [keras.ops.zeros((batch_size, 8, 8, 4 * self.channels), self.compute_dtype)
+                for _ in range(2)]
+
+    def get_config(self):
+        return {**super().get_config(), "latent_dim": self.latent_dim}
+
+
 def conv_lstm(config):
-    """ConvLSTM2D over the latent vector reshaped to 8x8 maps: `(batch, time, latent_dim)` in
-    and out."""
-    channels = config.latent_dim // 64
-    if channels * 64 != config.latent_dim:
-        raise ValueError(f"latent_dim must be a multiple of 64 for the ConvLSTM2D reference, "
-                         f"received latent_dim={config.latent_dim}")
-    return keras.Sequential([
-        keras.layers.Reshape((-1, 8, 8, channels)),
-        keras.layers.ConvLSTM2D(4 * channels, 3, padding="same", return_sequences=True),
-        # A 1x1 convolution, every step; linear: with a relu, 81% of its outputs died in the
-        # first epoch of the full-data run and the reference stopped learning.
-        keras.layers.Dense(channels),
-        keras.layers.Reshape((-1, config.latent_dim)),
-    ], name="conv_lstm")
+    """ConvLSTM2D over the latent vector as 8x8 maps: `(batch, time, latent_dim)` in and out,
+    causal (it runs forward in time)."""
+    return keras.layers.RNN(LatentConvLSTMCell(config.latent_dim), return_sequences=True,
+                            name="conv_lstm")
 
 
 def main():

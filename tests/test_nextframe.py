@@ -2,7 +2,9 @@
 
 import dataclasses
 import gzip
+import importlib
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -115,6 +117,59 @@ def test_rollout_feeds_back_its_own_predictions(model, data):
     for k in range(3):
         np.testing.assert_allclose(predicted[:, k], model(seen).numpy()[:, -1], atol=1e-5)
         seen = np.concatenate([seen, predicted[:, k:k + 1]], axis=1)
+
+
+def test_rollout_objective_reads_true_frames_then_its_own_predictions(model, data):
+    frames = next(iter(data.validation))[0][:3].numpy()  # 19 frames
+    given = 4
+    rolled = app.rollout_predictions(model, tf.constant(frames), given).numpy()
+    assert rolled.shape == frames.shape
+    # While it reads true frames, it is the teacher-forced model; from the last true frame on,
+    # it is what the graph-loop rollout of `predict_frames` predicts (a separate implementation).
+    np.testing.assert_allclose(rolled[:, :given], model(frames).numpy()[:, :given], atol=1e-5)
+    np.testing.assert_allclose(rolled[:, given - 1:],
+                               app.predict_frames(model, frames[:, :given],
+                                                  frames.shape[1] - given + 1).numpy(),
+                               atol=1e-5)
+    changed = frames.copy()
+    changed[:, given:] = 1.0 - changed[:, given:]
+    np.testing.assert_allclose(
+        app.rollout_predictions(model, tf.constant(changed), given).numpy(), rolled, atol=1e-6)
+
+
+def test_training_on_rollouts_trains_and_validates_on_the_rollout(data, tmp_path):
+    keras.utils.set_random_seed(0)
+    config = dataclasses.replace(app.SMOKE, train_on_rollouts=True)
+    model = app.build_model(config, data)
+    assert model.rollout_from == config.input_frames
+    inputs, targets = next(iter(data.validation))
+    # Evaluation's loss is the binary cross-entropy of the rollout, computed here in NumPy.
+    rolled = np.clip(app.rollout_predictions(model, inputs, config.input_frames).numpy(),
+                     1e-7, 1 - 1e-7)
+    truth = targets.numpy()
+    expected = -np.mean(truth * np.log(rolled) + (1 - truth) * np.log(1 - rolled))
+    loss = model.evaluate(inputs, targets, batch_size=len(truth), verbose=0,
+                          return_dict=True)["loss"]
+    assert loss == pytest.approx(expected, rel=1e-4)
+    assert loss != pytest.approx(model.compute_loss(y=targets, y_pred=model(inputs)).numpy(),
+                                 rel=1e-3)
+    app_checks.check_training_step_changes_every_weight(model, next(iter(data.train)))
+    reloaded = app_checks.check_keras_round_trip(model, _frames(data), tmp_path)
+    assert reloaded.rollout_from == config.input_frames
+
+
+def test_conv_lstm_reference_rolls_out_like_the_elman_model(data, monkeypatch):
+    """The benchmark's ConvLSTM2D reference is an RNN cell, so that rollouts step it."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    benchmark = importlib.import_module("nextframe")
+    config = dataclasses.replace(app.SMOKE, latent_dim=64)
+    keras.utils.set_random_seed(0)
+    model = app.build_model(config, data, recurrent_layer=benchmark.conv_lstm(config))
+    frames = _frames(data, 2)[:, :5]
+    predicted = app.predict_frames(model, frames, 2).numpy()
+    np.testing.assert_allclose(predicted[:, 0], model(frames).numpy()[:, -1], atol=1e-5)
+    seen = np.concatenate([frames, predicted[:, :1]], axis=1)
+    np.testing.assert_allclose(predicted[:, 1], model(seen).numpy()[:, -1], atol=1e-5)
 
 
 def test_training_step_changes_every_weight(data):

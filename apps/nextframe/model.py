@@ -12,9 +12,11 @@ decoder, which draws the next frame:
       -> FrameDecoder, each step alone: the prediction of x_{t+1}      # (batch, time, 64, 64, 1)
 
 Strictly causal: the prediction of frame t+1 depends on frames 1..t only (the encoder and
-decoder see one frame each; the recurrence runs forward). Training predicts each next frame from
-the true frames (teacher forcing); `predict_frames` feeds the model its own predictions to roll
-k frames forward, in a graph loop, so the exported SavedModel predicts by itself.
+decoder see one frame each; the recurrence runs forward). `predict_frames` feeds the model its
+own predictions to roll k frames forward, in a graph loop, so the exported SavedModel predicts
+by itself. Training can do the same (`train_on_rollouts`, `RolloutModel`): it reads the
+`input_frames` true frames, then its own predictions, as at test time; without it, each next
+frame is predicted from the true frames (teacher forcing).
 
 The app contract the shared core relies on: `NAME`, `Config`, `SMOKE`, `MONITOR`, `EXAMPLES`,
 `load_data`, `build_model`, `search_space`, `export_signatures`, `prediction_request`,
@@ -67,6 +69,11 @@ class Config:
     learning_rate: float = 1e-3
     # Gradient clipping by global norm (0 disables it).
     clipnorm: float = 1.0
+    # Train (and validate) on the model's own rollouts: after the first `input_frames` true
+    # frames, each step reads the frame the model predicted, as in 10 -> 10 prediction, and
+    # the gradient flows back through those predictions. Off: every step reads the true frame
+    # (teacher forcing), and the model never learns to read its own blurred predictions.
+    train_on_rollouts: bool = False
     batch_size: int = 32
     epochs: int = 25
     patience: int = 3
@@ -242,8 +249,9 @@ def build_model(config, data=None, recurrent_layer=None):
     Args:
         config: the `Config`.
         data: unused (the model needs no vocabulary); kept for the app contract.
-        recurrent_layer: optional Keras recurrent layer with `return_sequences=True` whose output
-            has `latent_dim` features, used instead of `ElmanRNN(ElmanCell)` (a reference).
+        recurrent_layer: optional `keras.layers.RNN` with `return_sequences=True` whose output
+            has `latent_dim` features, used instead of `ElmanRNN(ElmanCell)` (a reference);
+            predicting and training on rollouts step its `cell`.
     """
     frames = keras.Input(shape=(None, FRAME_SIZE, FRAME_SIZE, 1), name="frames")
     latent, features = FrameEncoder(config.filters, config.latent_dim, name="encoder")(frames)
@@ -253,10 +261,114 @@ def build_model(config, data=None, recurrent_layer=None):
         return_sequences=True, name="elman")
     outputs = recurrent(latent)  # (batch, time, latent_dim): o_t = relu(V s_t + c)
     predicted = FrameDecoder(config.filters, name="decoder")([outputs, features])
-    model = keras.Model(frames, predicted, name="nextframe_elman")
+    model = RolloutModel(frames, predicted, name="nextframe_elman",
+                         rollout_from=config.input_frames if config.train_on_rollouts else 0)
     optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
     model.compile(optimizer, loss="binary_crossentropy", metrics=["mse", "mae"])
     return model
+
+
+def _parts(model):
+    """The encoder, the recurrent layer (the one with a `cell`) and the decoder of a model from
+    `build_model`."""
+    recurrent = [layer for layer in model.layers if hasattr(layer, "cell")]
+    if len(recurrent) != 1:
+        raise ValueError(f"expected one recurrent layer with a cell in model {model.name!r}, "
+                         f"found {[layer.name for layer in recurrent]}")
+    return model.get_layer("encoder"), recurrent[0], model.get_layer("decoder")
+
+
+def _initial_states(recurrent, batch):
+    states = recurrent.get_initial_state(batch)
+    return list(states) if isinstance(states, (list, tuple)) else [states]
+
+
+def rollout_predictions(model, frames, input_frames, training=False):
+    """The model's predictions when it reads the first `input_frames` true frames and then its
+    own predictions: the objective of `RolloutModel`, differentiable.
+
+    Args:
+        model: a model from `build_model`.
+        frames: `(batch, time, 64, 64, 1)` float in [0, 1], time known when tracing and
+            > `input_frames`; frames after the first `input_frames` are not read.
+        input_frames: int >= 1, the true frames read.
+        training: bool.
+
+    Returns:
+        `(batch, time, 64, 64, 1)`: output t predicts frame t + 1, like the model's own output;
+        outputs from `input_frames` on were computed from predicted frames.
+    """
+    encoder, recurrent, decoder = _parts(model)
+    cell = recurrent.cell
+    latent, features = encoder(frames[:, :input_frames], training=training)
+    states = _initial_states(recurrent, ops.shape(frames)[0])
+    outputs = []
+    for t in range(input_frames):
+        output, states = cell(latent[:, t], states, training=training)
+        outputs.append(output)
+    teacher_forced = decoder([ops.stack(outputs, axis=1), features], training=training)
+    predicted, frame = [teacher_forced], teacher_forced[:, -1:]
+    for _ in range(frames.shape[1] - input_frames):
+        latent, features = encoder(frame, training=training)
+        output, states = cell(latent[:, 0], states, training=training)
+        frame = decoder([output[:, None], features], training=training)
+        predicted.append(frame)
+    return ops.concatenate(predicted, axis=1)
+
+
+@keras.saving.register_keras_serializable(package="elman")
+class RolloutModel(keras.Model):
+    """A functional next-frame model that trains and validates on its own rollouts.
+
+    Built like `keras.Model(inputs, outputs)`. With `rollout_from=0` it trains exactly as
+    `keras.Model` (teacher forcing: each step reads the true frame). Otherwise `train_step` and
+    `test_step` compute the predictions with `rollout_predictions`: the first `rollout_from`
+    frames are the true ones, and each later step reads the frame the model predicted, so
+    the loss (and `val_loss`) measure the prediction of the frames after `rollout_from` as
+    `predict_frames` makes it. Calling the model (and `predict`) stays teacher-forced.
+
+    Args:
+        rollout_from: int >= 0, the true frames read before the model reads its own. Default: 0.
+        *args, **kwargs: those of `keras.Model` (inputs, outputs, name).
+    """
+
+    def __init__(self, *args, rollout_from=0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if rollout_from < 0:
+            raise ValueError(f"rollout_from must be >= 0, received rollout_from={rollout_from}")
+        self.rollout_from = int(rollout_from)
+
+    def get_config(self):
+        return {**super().get_config(), "rollout_from": self.rollout_from}
+
+    def _predictions(self, x, training):
+        if not self.rollout_from or x.shape[1] is None or x.shape[1] <= self.rollout_from:
+            return self(x, training=training)
+        return rollout_predictions(self, x, self.rollout_from, training=training)
+
+    def train_step(self, data):
+        if not self.rollout_from:
+            return super().train_step(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self._predictions(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                     training=True)
+            scaled = self.optimizer.scale_loss(loss)
+        weights = self.trainable_weights
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
+        self._loss_tracker.update_state(loss, sample_weight=ops.shape(x)[0])
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def test_step(self, data):
+        if not self.rollout_from:
+            return super().test_step(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self._predictions(x, training=False)
+        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                 training=False)
+        self._loss_tracker.update_state(loss, sample_weight=ops.shape(x)[0])
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
 def predict_frames(model, frames, num_frames):
@@ -264,7 +376,7 @@ def predict_frames(model, frames, num_frames):
     previous prediction.
 
     Args:
-        model: a model from `build_model` (with the Elman layer).
+        model: a model from `build_model`.
         frames: `(batch, time, 64, 64, 1)` float in [0, 1], time >= 1.
         num_frames: int (or int32 scalar tensor) >= 1.
 
@@ -272,49 +384,36 @@ def predict_frames(model, frames, num_frames):
         `(batch, num_frames, 64, 64, 1)` float in [0, 1].
     """
     frames = tf.convert_to_tensor(frames, tf.float32)
-    if "elman" not in [layer.name for layer in model.layers]:
-        return _predict_frames_by_rerunning(model, frames, num_frames)
-    encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
-    cell = model.get_layer("elman").cell
+    encoder, recurrent, decoder = _parts(model)
+    cell = recurrent.cell
     batch = tf.shape(frames)[0]
     latent, features = encoder(frames)
-    state = tf.zeros([batch, cell.units])
+    states = _initial_states(recurrent, batch)
+    output_shape = tf.TensorShape([None]).concatenate(
+        recurrent.compute_output_shape((None, 1, latent.shape[-1]))[2:])
 
-    def read(t, state, _):
-        output, state = cell(latent[:, t], [state], training=False)
-        return t + 1, state[0], output
+    def read(t, states, _):
+        output, states = cell(latent[:, t], states, training=False)
+        return t + 1, states, output
 
-    # Read the given frames: the state after the last one and its output.
-    _, state, output = tf.while_loop(
+    # Read the given frames: the states after the last one and its output.
+    _, states, output = tf.while_loop(
         lambda t, *_: t < tf.shape(frames)[1], read,
-        (tf.constant(0), state, tf.zeros([batch, cell.output_size])))
+        (tf.constant(0), states, tf.zeros([batch, *output_shape[1:]])))
     last_features = features[:, -1:]
     predicted = tf.TensorArray(tf.float32, size=num_frames,
                                element_shape=tf.TensorShape([None, FRAME_SIZE, FRAME_SIZE, 1]))
 
-    def roll(k, state, output, last_features, predicted):
+    def roll(k, states, output, last_features, predicted):
         frame = decoder([output[:, None], last_features])  # (batch, 1, 64, 64, 1)
         predicted = predicted.write(k, frame[:, 0])
         new_latent, last_features = encoder(frame)
-        output, state = cell(new_latent[:, 0], [state], training=False)
-        return k + 1, state[0], output, last_features, predicted
+        output, states = cell(new_latent[:, 0], states, training=False)
+        return k + 1, states, output, last_features, predicted
 
     *_, predicted = tf.while_loop(lambda k, *_: k < num_frames, roll,
-                                  (tf.constant(0), state, output, last_features, predicted))
+                                  (tf.constant(0), states, output, last_features, predicted))
     return tf.transpose(predicted.stack(), [1, 0, 2, 3, 4])
-
-
-def _predict_frames_by_rerunning(model, frames, num_frames):
-    """`predict_frames` for any recurrent layer (the benchmark's references): reruns the whole
-    model on the frames given and predicted so far, once per predicted frame."""
-    def roll(k, seen):
-        return k + 1, tf.concat([seen, model(seen, training=False)[:, -1:]], axis=1)
-
-    _, seen = tf.while_loop(lambda k, _: k < num_frames, roll, (tf.constant(0), frames),
-                            shape_invariants=(tf.TensorShape([]),
-                                              tf.TensorShape([None, None, FRAME_SIZE,
-                                                              FRAME_SIZE, 1])))
-    return seen[:, tf.shape(frames)[1]:]
 
 
 def export_signatures(model):
