@@ -61,6 +61,20 @@ def test_training_step_changes_every_weight(data):
     app_checks.check_training_step_changes_every_weight(model, next(iter(data.train)))
 
 
+def test_learning_rate_decays_along_a_cosine_and_survives_saving(data, tmp_path):
+    config = dataclasses.replace(app.SMOKE, learning_rate=2e-3, learning_rate_decay_epochs=2)
+    model = app.build_model(config, data)
+    steps = 2 * sum(1 for _ in data.train)
+    for step in (0, steps // 4, steps // 2, steps, 2 * steps):
+        model.optimizer.iterations.assign(step)
+        expected = 2e-3 * 0.5 * (1 + np.cos(np.pi * min(step, steps) / steps))
+        assert float(model.optimizer.learning_rate) == pytest.approx(expected, abs=1e-9), step
+    assert expected == 0
+    restored = app_checks.check_keras_round_trip(model, _reviews(data), tmp_path)
+    restored.optimizer.iterations.assign(steps // 2)
+    assert float(restored.optimizer.learning_rate) == pytest.approx(1e-3)
+
+
 def test_keras_round_trip(model, data, tmp_path):
     app_checks.check_keras_round_trip(model, _reviews(data), tmp_path)
 

@@ -64,6 +64,9 @@ class Config:
     embedding_dropout: float = 0.3
     dropout: float = 0.5
     learning_rate: float = 1e-3
+    # With a positive value, the learning rate falls from `learning_rate` to 0 along a cosine
+    # over this many epochs (and stays 0 after them); 0 keeps it constant.
+    learning_rate_decay_epochs: int = 0
     # Gradient clipping by global norm (0 disables it): BPTT over 400 steps can explode.
     clipnorm: float = 1.0
     # Momentum of an exponential moving average of the weights (Polyak averaging), which
@@ -246,7 +249,15 @@ def build_model(config, data, recurrent_layer=None):
     probability = keras.layers.Dense(1, activation="sigmoid", name="probability")(pooled)
     model = AdversarialModel(review, probability, name="imdb_elman",
                              adversarial_epsilon=config.adversarial_epsilon)
-    optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None,
+    learning_rate = config.learning_rate
+    if config.learning_rate_decay_epochs > 0:
+        steps_per_epoch = int(data.train.cardinality())
+        if steps_per_epoch <= 0:
+            raise ValueError("learning_rate_decay_epochs needs a training dataset of known "
+                             f"length, received cardinality {steps_per_epoch}")
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, config.learning_rate_decay_epochs * steps_per_epoch)
+    optimizer = keras.optimizers.Adam(learning_rate, clipnorm=config.clipnorm or None,
                                       use_ema=config.ema_momentum > 0,
                                       ema_momentum=config.ema_momentum or 0.99)
     model.compile(optimizer, loss="binary_crossentropy", metrics=["accuracy"])
