@@ -74,7 +74,7 @@ class Config:
     ema_momentum: float = 0.0
     # Adversarial training (Miyato et al., 2017): each step also trains on the embedded words
     # moved, along the loss gradient, by this fraction of their norm; 0 disables it. Doubles
-    # the cost of a step, and lifted test accuracy from 87.8% to 88.5-89.1% (two seeds, README).
+    # the cost of a step, and lifted test accuracy from 87.8% to 88.5-89.1% (three seeds, README).
     adversarial_epsilon: float = 0.02
     # Keep "!" and "?" as words of their own instead of dropping them with the punctuation.
     keep_marks: bool = False
