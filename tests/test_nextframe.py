@@ -135,6 +135,10 @@ def test_rollout_objective_reads_true_frames_then_its_own_predictions(model, dat
     changed[:, given:] = 1.0 - changed[:, given:]
     np.testing.assert_allclose(
         app.rollout_predictions(model, tf.constant(changed), given).numpy(), rolled, atol=1e-6)
+    # Scheduled sampling at probability 0 reads only true frames: it is teacher forcing.
+    np.testing.assert_allclose(
+        app.rollout_predictions(model, tf.constant(frames), given, own_probability=0.0,
+                                seed=1).numpy(), model(frames).numpy(), atol=1e-5)
 
 
 def test_training_on_rollouts_trains_and_validates_on_the_rollout(data, tmp_path):
@@ -156,6 +160,20 @@ def test_training_on_rollouts_trains_and_validates_on_the_rollout(data, tmp_path
     app_checks.check_training_step_changes_every_weight(model, next(iter(data.train)))
     reloaded = app_checks.check_keras_round_trip(model, _frames(data), tmp_path)
     assert reloaded.rollout_from == config.input_frames
+
+
+def test_scheduled_sampling_ramps_from_teacher_forcing_to_rollouts(data, tmp_path):
+    config = dataclasses.replace(app.SMOKE, train_on_rollouts=True, rollout_ramp_epochs=2)
+    model = app.build_model(config, data)
+    steps_per_epoch = sum(1 for _ in data.train)
+    assert model.ramp_steps == 2 * steps_per_epoch
+    for step, probability in ((0, 0.0), (steps_per_epoch, 0.5), (5 * steps_per_epoch, 1.0)):
+        model.optimizer.iterations.assign(step)
+        assert float(model.own_probability()) == pytest.approx(probability)
+    model.optimizer.iterations.assign(0)
+    app_checks.check_training_step_changes_every_weight(model, next(iter(data.train)))
+    reloaded = app_checks.check_keras_round_trip(model, _frames(data), tmp_path)
+    assert reloaded.ramp_steps == model.ramp_steps
 
 
 def test_conv_lstm_reference_rolls_out_like_the_elman_model(data, monkeypatch):

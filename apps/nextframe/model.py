@@ -74,6 +74,11 @@ class Config:
     # the gradient flows back through those predictions. Off: every step reads the true frame
     # (teacher forcing), and the model never learns to read its own blurred predictions.
     train_on_rollouts: bool = False
+    # With train_on_rollouts: the epochs over which training moves from teacher forcing to
+    # rollouts (scheduled sampling, Bengio et al. 2015): each step after the true frames reads
+    # its own prediction with a probability that rises linearly from 0 to 1, else the true
+    # frame. 0: rollouts from the first step. Validation always rolls out.
+    rollout_ramp_epochs: int = 0
     batch_size: int = 32
     epochs: int = 25
     patience: int = 3
@@ -261,8 +266,11 @@ def build_model(config, data=None, recurrent_layer=None):
         return_sequences=True, name="elman")
     outputs = recurrent(latent)  # (batch, time, latent_dim): o_t = relu(V s_t + c)
     predicted = FrameDecoder(config.filters, name="decoder")([outputs, features])
+    steps_per_epoch = -(-config.train_sequences // config.batch_size)
     model = RolloutModel(frames, predicted, name="nextframe_elman",
-                         rollout_from=config.input_frames if config.train_on_rollouts else 0)
+                         rollout_from=config.input_frames if config.train_on_rollouts else 0,
+                         ramp_steps=config.rollout_ramp_epochs * steps_per_epoch,
+                         seed=config.seed)
     optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
     model.compile(optimizer, loss="binary_crossentropy", metrics=["mse", "mae"])
     return model
@@ -283,32 +291,43 @@ def _initial_states(recurrent, batch):
     return list(states) if isinstance(states, (list, tuple)) else [states]
 
 
-def rollout_predictions(model, frames, input_frames, training=False):
+def rollout_predictions(model, frames, input_frames, training=False, own_probability=1.0,
+                        seed=None):
     """The model's predictions when it reads the first `input_frames` true frames and then its
     own predictions: the objective of `RolloutModel`, differentiable.
 
     Args:
         model: a model from `build_model`.
         frames: `(batch, time, 64, 64, 1)` float in [0, 1], time known when tracing and
-            > `input_frames`; frames after the first `input_frames` are not read.
+            > `input_frames`; frames after the first `input_frames` are read only where
+            `own_probability` < 1.
         input_frames: int >= 1, the true frames read.
         training: bool.
+        own_probability: float or scalar tensor in [0, 1]: each later step reads the model's
+            own prediction with this probability, per sequence, else the true frame
+            (scheduled sampling). Default: 1, a pure rollout.
+        seed: a `keras.random.SeedGenerator` (or int) for those draws.
 
     Returns:
         `(batch, time, 64, 64, 1)`: output t predicts frame t + 1, like the model's own output;
-        outputs from `input_frames` on were computed from predicted frames.
+        outputs from `input_frames` on were computed from predicted (or sampled) frames.
     """
     encoder, recurrent, decoder = _parts(model)
     cell = recurrent.cell
+    batch = ops.shape(frames)[0]
     latent, features = encoder(frames[:, :input_frames], training=training)
-    states = _initial_states(recurrent, ops.shape(frames)[0])
+    states = _initial_states(recurrent, batch)
     outputs = []
     for t in range(input_frames):
         output, states = cell(latent[:, t], states, training=training)
         outputs.append(output)
     teacher_forced = decoder([ops.stack(outputs, axis=1), features], training=training)
     predicted, frame = [teacher_forced], teacher_forced[:, -1:]
-    for _ in range(frames.shape[1] - input_frames):
+    sampled = not (isinstance(own_probability, (int, float)) and own_probability >= 1)
+    for step in range(frames.shape[1] - input_frames):
+        if sampled:
+            own = keras.random.uniform((batch, 1, 1, 1, 1), seed=seed) < own_probability
+            frame = ops.where(own, frame, frames[:, input_frames + step:input_frames + step + 1])
         latent, features = encoder(frame, training=training)
         output, states = cell(latent[:, 0], states, training=training)
         frame = decoder([output[:, None], features], training=training)
@@ -325,26 +344,46 @@ class RolloutModel(keras.Model):
     `test_step` compute the predictions with `rollout_predictions`: the first `rollout_from`
     frames are the true ones, and each later step reads the frame the model predicted, so
     the loss (and `val_loss`) measure the prediction of the frames after `rollout_from` as
-    `predict_frames` makes it. Calling the model (and `predict`) stays teacher-forced.
+    `predict_frames` makes it. With `ramp_steps`, training reads its own predictions with a
+    probability that rises from 0 to 1 over that many steps (scheduled sampling); validation
+    always rolls out. Calling the model (and `predict`) stays teacher-forced.
 
     Args:
         rollout_from: int >= 0, the true frames read before the model reads its own. Default: 0.
+        ramp_steps: int >= 0, training steps until every step reads its own prediction.
+            Default: 0.
+        seed: int, for the scheduled sampling's draws. Default: None.
         *args, **kwargs: those of `keras.Model` (inputs, outputs, name).
     """
 
-    def __init__(self, *args, rollout_from=0, **kwargs):
+    def __init__(self, *args, rollout_from=0, ramp_steps=0, seed=None, **kwargs):
         super().__init__(*args, **kwargs)
-        if rollout_from < 0:
-            raise ValueError(f"rollout_from must be >= 0, received rollout_from={rollout_from}")
-        self.rollout_from = int(rollout_from)
+        if rollout_from < 0 or ramp_steps < 0:
+            raise ValueError("rollout_from and ramp_steps must be >= 0, received "
+                             f"rollout_from={rollout_from}, ramp_steps={ramp_steps}")
+        self.rollout_from, self.ramp_steps, self.seed = int(rollout_from), int(ramp_steps), seed
+        self._sampling_seed = keras.random.SeedGenerator(seed) if ramp_steps else None
 
     def get_config(self):
-        return {**super().get_config(), "rollout_from": self.rollout_from}
+        return {**super().get_config(), "rollout_from": self.rollout_from,
+                "ramp_steps": self.ramp_steps, "seed": self.seed}
+
+    def own_probability(self):
+        """The probability that a training step after the true frames reads the model's own
+        prediction, now: `min(1, optimizer steps / ramp_steps)`."""
+        if not self.ramp_steps:
+            return 1.0
+        steps = ops.cast(self.optimizer.iterations, "float32")
+        return ops.minimum(1.0, steps / self.ramp_steps)
 
     def _predictions(self, x, training):
         if not self.rollout_from or x.shape[1] is None or x.shape[1] <= self.rollout_from:
             return self(x, training=training)
-        return rollout_predictions(self, x, self.rollout_from, training=training)
+        if not training:
+            return rollout_predictions(self, x, self.rollout_from)
+        return rollout_predictions(self, x, self.rollout_from, training=True,
+                                   own_probability=self.own_probability(),
+                                   seed=self._sampling_seed)
 
     def train_step(self, data):
         if not self.rollout_from:
