@@ -58,8 +58,8 @@ class LatentConvLSTMCell(keras.layers.Layer):
         return keras.ops.reshape(self.project(h), (-1, self.latent_dim)), states
 
     def get_initial_state(self, batch_size=None):
-        return [keras.ops.zeros((batch_size, 8, 8, 4 * self.channels), self.compute_dtype)
-                for _ in range(2)]
+        return [keras.ops.zeros((batch_size, *shape), self.compute_dtype)
+                for shape in self.state_size]
 
     def get_config(self):
         return {**super().get_config(), "latent_dim": self.latent_dim}

@@ -107,16 +107,19 @@ def test_prediction_is_causal(model, data):
     assert not np.allclose(before[:, 7:], after[:, 7:])
 
 
-def test_rollout_feeds_back_its_own_predictions(model, data):
-    frames = _frames(data, 3)
-    predicted = app.predict_frames(model, frames, 3).numpy()
-    assert predicted.shape == (3, 3, 64, 64, 1)
+def _check_rollout_feeds_back_its_own_predictions(model, frames, count):
+    predicted = app.predict_frames(model, frames, count).numpy()
+    assert predicted.shape == (len(frames), count, 64, 64, 1)
     # Each predicted frame is the teacher-forced model's last output after reading the
     # frames given and the frames predicted before it.
     seen = frames
-    for k in range(3):
+    for k in range(count):
         np.testing.assert_allclose(predicted[:, k], model(seen).numpy()[:, -1], atol=1e-5)
         seen = np.concatenate([seen, predicted[:, k:k + 1]], axis=1)
+
+
+def test_rollout_feeds_back_its_own_predictions(model, data):
+    _check_rollout_feeds_back_its_own_predictions(model, _frames(data, 3), 3)
 
 
 def test_rollout_objective_reads_true_frames_then_its_own_predictions(model, data):
@@ -183,11 +186,7 @@ def test_conv_lstm_reference_rolls_out_like_the_elman_model(data, monkeypatch):
     config = dataclasses.replace(app.SMOKE, latent_dim=64)
     keras.utils.set_random_seed(0)
     model = app.build_model(config, data, recurrent_layer=benchmark.conv_lstm(config))
-    frames = _frames(data, 2)[:, :5]
-    predicted = app.predict_frames(model, frames, 2).numpy()
-    np.testing.assert_allclose(predicted[:, 0], model(frames).numpy()[:, -1], atol=1e-5)
-    seen = np.concatenate([frames, predicted[:, :1]], axis=1)
-    np.testing.assert_allclose(predicted[:, 1], model(seen).numpy()[:, -1], atol=1e-5)
+    _check_rollout_feeds_back_its_own_predictions(model, _frames(data, 2)[:, :5], 2)
 
 
 def test_training_step_changes_every_weight(data):

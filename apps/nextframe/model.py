@@ -377,38 +377,40 @@ class RolloutModel(keras.Model):
         steps = ops.cast(self.optimizer.iterations, "float32")
         return ops.minimum(1.0, steps / self.ramp_steps)
 
-    def _predictions(self, x, training):
-        if not self.rollout_from or x.shape[1] is None or x.shape[1] <= self.rollout_from:
-            return self(x, training=training)
-        if not training:
-            return rollout_predictions(self, x, self.rollout_from)
-        return rollout_predictions(self, x, self.rollout_from, training=True,
-                                   own_probability=self.own_probability(),
-                                   seed=self._sampling_seed)
+    def _rollout_loss(self, data, training):
+        """`(loss, metrics update)` of a batch with rollout predictions; validation always rolls
+        out, training follows `own_probability`."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if x.shape[1] is None or x.shape[1] <= self.rollout_from:
+            y_pred = self(x, training=training)
+        else:
+            y_pred = rollout_predictions(
+                self, x, self.rollout_from, training=training,
+                own_probability=self.own_probability() if training else 1.0,
+                seed=self._sampling_seed)
+        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                 training=training)
+
+        def update_metrics():
+            self._loss_tracker.update_state(loss, sample_weight=ops.shape(x)[0])
+            return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+        return loss, update_metrics
 
     def train_step(self, data):
         if not self.rollout_from:
             return super().train_step(data)
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
-            y_pred = self._predictions(x, training=True)
-            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                                     training=True)
+            loss, update_metrics = self._rollout_loss(data, training=True)
             scaled = self.optimizer.scale_loss(loss)
         weights = self.trainable_weights
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
-        self._loss_tracker.update_state(loss, sample_weight=ops.shape(x)[0])
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return update_metrics()
 
     def test_step(self, data):
         if not self.rollout_from:
             return super().test_step(data)
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y_pred = self._predictions(x, training=False)
-        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                                 training=False)
-        self._loss_tracker.update_state(loss, sample_weight=ops.shape(x)[0])
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return self._rollout_loss(data, training=False)[1]()
 
 
 def predict_frames(model, frames, num_frames):
@@ -429,8 +431,6 @@ def predict_frames(model, frames, num_frames):
     batch = tf.shape(frames)[0]
     latent, features = encoder(frames)
     states = _initial_states(recurrent, batch)
-    output_shape = tf.TensorShape([None]).concatenate(
-        recurrent.compute_output_shape((None, 1, latent.shape[-1]))[2:])
 
     def read(t, states, _):
         output, states = cell(latent[:, t], states, training=False)
@@ -439,7 +439,7 @@ def predict_frames(model, frames, num_frames):
     # Read the given frames: the states after the last one and its output.
     _, states, output = tf.while_loop(
         lambda t, *_: t < tf.shape(frames)[1], read,
-        (tf.constant(0), states, tf.zeros([batch, *output_shape[1:]])))
+        (tf.constant(0), states, tf.zeros([batch, cell.output_size])))
     last_features = features[:, -1:]
     predicted = tf.TensorArray(tf.float32, size=num_frames,
                                element_shape=tf.TensorShape([None, FRAME_SIZE, FRAME_SIZE, 1]))
