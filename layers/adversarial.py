@@ -30,6 +30,8 @@ class EmbeddingPerturbation(keras.layers.Layer):
         # Set by AdversarialModel.train_step for the length of one step, never saved.
         self.perturbation = None
         self.last_input = None
+        # The clean pass's embedded words, which the perturbed pass perturbs instead of its own.
+        self.replay = None
 
     def call(self, embedded, training=False):
         if not training:
@@ -37,6 +39,8 @@ class EmbeddingPerturbation(keras.layers.Layer):
         self.last_input = embedded
         if self.perturbation is None:
             return embedded
+        if self.replay is not None:
+            return self.replay + self.perturbation
         return embedded + self.perturbation
 
     def compute_output_shape(self, input_shape):
@@ -59,15 +63,20 @@ class AdversarialModel(keras.Model):
     Args:
         adversarial_epsilon: float >= 0, the size of the perturbation relative to the norm of
             the example's embeddings. Default: 0.
+        adversarial_replay: Boolean. If `True`, the perturbed pass adds `r` to the clean pass's
+            embedded words, the ones `r` was computed for (same word and embedding dropout,
+            as in Miyato et al.); if `False`, to the embedded words of a second forward pass,
+            whose dropout layers before `EmbeddingPerturbation` draw new masks. Default: `False`.
         *args, **kwargs: those of `keras.Model` (inputs, outputs, name).
     """
 
-    def __init__(self, *args, adversarial_epsilon=0.0, **kwargs):
+    def __init__(self, *args, adversarial_epsilon=0.0, adversarial_replay=False, **kwargs):
         super().__init__(*args, **kwargs)
         if adversarial_epsilon < 0:
             raise ValueError("adversarial_epsilon must be >= 0, received "
                              f"adversarial_epsilon={adversarial_epsilon}")
         self.adversarial_epsilon = float(adversarial_epsilon)
+        self.adversarial_replay = bool(adversarial_replay)
         points = [layer for layer in self._flatten_layers()
                   if isinstance(layer, EmbeddingPerturbation)]
         if self.adversarial_epsilon and len(points) != 1:
@@ -76,7 +85,8 @@ class AdversarialModel(keras.Model):
         self._perturbation_point = points[0] if points else None
 
     def get_config(self):
-        return {**super().get_config(), "adversarial_epsilon": self.adversarial_epsilon}
+        return {**super().get_config(), "adversarial_epsilon": self.adversarial_epsilon,
+                "adversarial_replay": self.adversarial_replay}
 
     def train_step(self, data):
         if not self.adversarial_epsilon:
@@ -87,7 +97,9 @@ class AdversarialModel(keras.Model):
         try:
             # One backward pass of the clean batch gives both the weights' gradients and the
             # gradient with respect to the embedded words, so a step costs two plain steps.
-            with tf.GradientTape() as tape:
+            # With replay the tape is kept for the perturbed loss's gradient through the
+            # clean embedded words (the embedding lookup only).
+            with tf.GradientTape(persistent=self.adversarial_replay) as tape:
                 y_pred = self(x, training=True)
                 loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                          training=True)
@@ -99,14 +111,25 @@ class AdversarialModel(keras.Model):
             embedded_norm = ops.sqrt(ops.sum(ops.square(embedded), axes, keepdims=True))
             point.perturbation = tf.stop_gradient(
                 self.adversarial_epsilon * embedded_norm * direction / (gradient_norm + 1e-12))
-            with tf.GradientTape() as tape:
+            if self.adversarial_replay:
+                point.replay = tf.stop_gradient(embedded)
+            with tf.GradientTape() as adversarial_tape:
+                if self.adversarial_replay:
+                    adversarial_tape.watch(point.replay)
                 adversarial_pred = self(x, training=True)
                 adversarial_loss = self.compute_loss(x=x, y=y, y_pred=adversarial_pred,
                                                      sample_weight=sample_weight, training=True)
                 scaled = self.optimizer.scale_loss(adversarial_loss)
-            adversarial_gradients = tape.gradient(scaled, weights)
+            if self.adversarial_replay:
+                d_embedded, *adversarial_gradients = adversarial_tape.gradient(
+                    scaled, [point.replay, *weights])
+                upstream = tape.gradient(embedded, weights, output_gradients=d_embedded)
+                adversarial_gradients = [_add(after, before) for after, before
+                                         in zip(adversarial_gradients, upstream)]
+            else:
+                adversarial_gradients = adversarial_tape.gradient(scaled, weights)
         finally:
-            point.perturbation = point.last_input = None
+            point.perturbation = point.last_input = point.replay = None
         gradients = [_add(clean, adversarial)
                      for clean, adversarial in zip(clean_gradients, adversarial_gradients)]
         self.optimizer.apply_gradients(zip(gradients, weights))
