@@ -33,26 +33,28 @@ def _scan_blocks(step, sequences, initial_carry, reverse=False, block=_STEPS_PER
     Returns:
         `(final_carry, outputs)`, outputs `(time, batch, ...)`.
     """
-    blocks = tf.shape(sequences[0])[0] // block
+    steps = tf.shape(sequences[0])[0]
+    blocks = steps // block
     # (blocks, block, batch, ...): iteration i reads block i.
     blocked = [tf.reshape(x, tf.concat([[blocks, block], tf.shape(x)[1:]], 0))
                for x in sequences]
-    outputs = tf.TensorArray(sequences[0].dtype, size=blocks, infer_shape=False)
+    # One entry per step: stacking each block's outputs inside the loop (a Pack op per
+    # iteration) cost more than the steps themselves.
+    outputs = tf.TensorArray(sequences[0].dtype, size=steps, infer_shape=False)
     order = list(range(block))[::-1] if reverse else list(range(block))
 
     def body(i, carry, outputs):
         index = blocks - 1 - i if reverse else i
         inputs = [x[index] for x in blocked]
-        results = [None] * block
         for j in order:
-            carry, results[j] = step(carry, tuple(x[j] for x in inputs))
-        return i + 1, carry, outputs.write(index, tf.stack(results))
+            carry, result = step(carry, tuple(x[j] for x in inputs))
+            outputs = outputs.write(index * block + j, result)
+        return i + 1, carry, outputs
 
     _, carry, outputs = tf.while_loop(lambda i, *_: i < blocks, body,
                                       (tf.constant(0), initial_carry, outputs),
                                       maximum_iterations=blocks)
-    stacked = outputs.stack()  # (blocks, block, batch, ...)
-    return carry, tf.reshape(stacked, tf.concat([[blocks * block], tf.shape(stacked)[2:]], 0))
+    return carry, outputs.stack()
 
 
 # `gradient * f'(a_t)` in one op, from s_t = f(a_t): the kernels TensorFlow's own gradients of
@@ -169,6 +171,17 @@ def _recurrence(projected, initial_state, W, step_mask, activation):
     return states if padding is None else states[:time_steps]
 
 
+def _time_major_product(sequences, kernel):
+    """`(batch, time, features) @ (features, units)` -> `(time, batch, units)`: one 2-D matrix
+    product (TensorFlow's einsum for this, and its gradient, took several times as long)."""
+    time_major = tf.transpose(sequences, [1, 0, 2])
+    shape = tf.shape(time_major)
+    product = tf.matmul(tf.reshape(time_major, [-1, shape[2]]), kernel)
+    product = tf.reshape(product, tf.concat([shape[:2], tf.shape(kernel)[1:]], 0))
+    product.set_shape(time_major.shape[:2].concatenate(kernel.shape[1:]))
+    return product
+
+
 @keras.saving.register_keras_serializable(package="elman")
 class ElmanRNN(keras.layers.RNN):
     """`keras.layers.RNN` for an `ElmanCell`, with `U x_t` and `V s_t` computed outside the loop.
@@ -229,7 +242,7 @@ class ElmanRNN(keras.layers.RNN):
         if self.go_backwards:
             sequences = tf.reverse(sequences, [1])
             mask = None if mask is None else tf.reverse(mask, [1])
-        projected = tf.einsum("btf,fu->tbu", sequences, cell.kernel)  # (time, batch, units)
+        projected = _time_major_product(sequences, cell.kernel)  # (time, batch, units)
         if cell.bias is not None:
             projected += cell.bias
         step_mask = None
