@@ -1,4 +1,4 @@
-"""`ElmanRNN`: `keras.layers.RNN` for `ElmanCell` with the projections moved out of the loop."""
+"""`ElmanRNN`: `keras.layers.RNN` for `ElmanCell` with only `s_{t-1} W` computed step by step."""
 
 import keras
 import tensorflow as tf
@@ -19,44 +19,6 @@ _ELEMENTWISE = {"tanh", "relu", "sigmoid", "linear", "elu", "selu", "softplus", 
 _STEPS_PER_ITERATION = 8
 
 
-def _scan_blocks(step, sequences, initial_carry, reverse=False, block=_STEPS_PER_ITERATION):
-    """Runs `carry, output = step(carry, inputs_t)` over time, several steps per loop iteration.
-
-    Args:
-        step: the step function; `inputs_t` is a tuple with one `(batch, ...)` slice of each
-            entry of `sequences`.
-        sequences: tuple of time-major tensors `(time, batch, ...)`.
-        initial_carry: the carry before the first step.
-        reverse: run from the last step to the first (outputs stay in time order).
-        block: steps per loop iteration; it must divide the number of steps.
-
-    Returns:
-        `(final_carry, outputs)`, outputs `(time, batch, ...)`.
-    """
-    steps = tf.shape(sequences[0])[0]
-    blocks = steps // block
-    # (blocks, block, batch, ...): iteration i reads block i.
-    blocked = [tf.reshape(x, tf.concat([[blocks, block], tf.shape(x)[1:]], 0))
-               for x in sequences]
-    # One entry per step: stacking each block's outputs inside the loop (a Pack op per
-    # iteration) cost more than the steps themselves.
-    outputs = tf.TensorArray(sequences[0].dtype, size=steps, infer_shape=False)
-    order = list(range(block))[::-1] if reverse else list(range(block))
-
-    def body(i, carry, outputs):
-        index = blocks - 1 - i if reverse else i
-        inputs = [x[index] for x in blocked]
-        for j in order:
-            carry, result = step(carry, tuple(x[j] for x in inputs))
-            outputs = outputs.write(index * block + j, result)
-        return i + 1, carry, outputs
-
-    _, carry, outputs = tf.while_loop(lambda i, *_: i < blocks, body,
-                                      (tf.constant(0), initial_carry, outputs),
-                                      maximum_iterations=blocks)
-    return carry, outputs.stack()
-
-
 # `gradient * f'(a_t)` in one op, from s_t = f(a_t): the kernels TensorFlow's own gradients of
 # these activations use. Inside the backward loop they spare a pass over all steps computing f'.
 _GRADIENT_FROM_STATES = {
@@ -67,14 +29,20 @@ _GRADIENT_FROM_STATES = {
 }
 
 
-def _recurrence(projected, initial_state, W, step_mask, activation):
-    """Runs `s_t = f(p_t + s_{t-1} W)` over time, with a hand-written BPTT.
+def _recurrence(inputs, U, b, initial_state, W, step_mask, activation):
+    """Runs `s_t = f(x_t U + b + s_{t-1} W)` over time, with a hand-written BPTT.
 
-    Only `s_{t-1} W` stays in the loop, forward and backward; the gradient of W is one matrix
-    product over all steps after the backward loop, as cuDNN does for its RNNs.
+    Only `s_{t-1} W` and f stay on the loop's critical path, forward and backward. The work
+    that does not depend on the previous state is done a block of steps at a time beside it,
+    where the executor overlaps it with the next block's steps: `x_t U + b` in the forward
+    loop, and in the backward loop the gradients of U, b, W and the inputs, one matrix
+    product per block (cuDNN makes these products over all steps; here they also fill the
+    second core while the steps run one after another).
 
     Args:
-        projected: `(time, batch, units)`, `p_t = x_t U + b`, time-major.
+        inputs: `(time, batch, features)`, x_t, time-major.
+        U: `(features, units)`.
+        b: `(units,)`.
         initial_state: `(batch, units)`, s_0.
         W: `(units, units)`.
         step_mask: `(time, batch, 1)` of 0/1 in the states' dtype, or None: a masked step keeps
@@ -88,8 +56,8 @@ def _recurrence(projected, initial_state, W, step_mask, activation):
     # A known length with a divisor from 4 to 8 runs in blocks of that size as it is; any other
     # length is padded to whole blocks of 8 with masked steps, which keep the state and pass the
     # gradient through unchanged.
-    time_steps = tf.shape(projected)[0]
-    static_steps = projected.shape[0]
+    time_steps = tf.shape(inputs)[0]
+    static_steps = inputs.shape[0]
     block = None
     if static_steps is not None:
         block = next(size for size in range(_STEPS_PER_ITERATION, 0, -1)
@@ -99,98 +67,108 @@ def _recurrence(projected, initial_state, W, step_mask, activation):
         block = _STEPS_PER_ITERATION
         padding = [[0, (-time_steps) % block], [0, 0], [0, 0]]
         if step_mask is None:
-            step_mask = tf.ones_like(projected[..., :1])
+            step_mask = tf.ones_like(inputs[..., :1])
         step_mask = tf.pad(step_mask, padding)
-        projected = tf.pad(projected, padding)
+        inputs = tf.pad(inputs, padding)
 
     @tf.custom_gradient
-    def run(projected, initial_state, W):
-        if step_mask is None:
-            def step(state, inputs):
-                state = activation(inputs[0] + tf.matmul(state, W))
-                return state, state
+    def run(inputs, U, b, initial_state, W):
+        shape = tf.shape(inputs)
+        blocks, batch, units = shape[0] // block, shape[1], tf.shape(W)[0]
+        # (blocks, block * batch, features): one 2-D product per block gives its x_t U.
+        input_blocks = tf.reshape(inputs, [blocks, block * batch, shape[2]])
+        mask_blocks = (None if step_mask is None
+                       else tf.reshape(step_mask, [blocks, block, batch, 1]))
 
-            _, states = _scan_blocks(step, (projected,), initial_state, block=block)
-        else:
-            def step(state, inputs):
-                p, keep = inputs
-                state = keep * activation(p + tf.matmul(state, W)) + (1 - keep) * state
-                return state, state
+        def forward(i, state, states):
+            projected = tf.reshape(tf.matmul(input_blocks[i], U) + b, [block, batch, units])
+            keep = None if mask_blocks is None else mask_blocks[i]
+            for j in range(block):
+                new_state = activation(projected[j] + tf.matmul(state, W))
+                state = new_state if keep is None else (
+                    keep[j] * new_state + (1 - keep[j]) * state)
+                states = states.write(i * block + j, state)
+            return i + 1, state, states
 
-            _, states = _scan_blocks(step, (projected, step_mask), initial_state, block=block)
-        states.set_shape(projected.shape)
+        _, _, states = tf.while_loop(
+            lambda i, *_: i < blocks, forward,
+            (tf.constant(0), initial_state,
+             tf.TensorArray(inputs.dtype, size=blocks * block, infer_shape=False)),
+            maximum_iterations=blocks)
+        states = states.stack()
+        states.set_shape(inputs.shape[:2].concatenate(W.shape[1:]))
 
         def gradient(d_states):
-            W_transposed = tf.transpose(W)
+            W_transposed, U_transposed = tf.transpose(W), tf.transpose(U)
             # d_pre = dL/da_t = (dL/ds_t from the output + from the future) * f'(a_t), with f'
             # applied inside the loop from s_t where an op does it, else precomputed for all steps.
+            # s_{t-1} of every step (and s_T): the rows of a block's steps are side by side, and
+            # slices along time share the buffer.
+            previous_states = tf.concat([initial_state[None], states], 0)
             times_derivative = _GRADIENT_FROM_STATES.get(getattr(activation, "__name__", ""))
             if times_derivative is not None:
                 factors = states
             else:
                 times_derivative = tf.multiply
-                # The pre-activations, recomputed for all steps in one product.
-                previous = tf.concat([initial_state[None], states[:-1]], axis=0)  # s_{t-1}
-                pre_activation = projected + tf.einsum("tbu,uv->tbv", previous, W)
+                # The pre-activations, recomputed for all steps in two products.
+                pre_activation = (tf.einsum("tbf,fu->tbu", inputs, U) + b
+                                  + tf.einsum("tbu,uv->tbv", previous_states[:-1], W))
                 with tf.GradientTape() as tape:
                     tape.watch(pre_activation)
                     activated = activation(pre_activation)
                 factors = tape.gradient(activated, pre_activation)  # f'(a_t)
-            if step_mask is None:
-                def back(d_state, inputs):
-                    # d_state: dL/ds_t through the future; returns dL/ds_{t-1} and dL/da_t.
-                    d_output, factor = inputs
-                    d_pre = times_derivative(d_output + d_state, factor)
-                    return tf.matmul(d_pre, W_transposed), d_pre
+            blocked = [tf.reshape(x, [blocks, block, batch, units]) for x in (d_states, factors)]
 
-                d_initial, d_pre = _scan_blocks(back, (d_states, factors),
-                                                tf.zeros_like(initial_state), reverse=True,
-                                                block=block)
-            else:
-                def back(d_state, inputs):
-                    d_output, factor, keep = inputs
-                    total = d_output + d_state
-                    d_pre = keep * times_derivative(total, factor)
-                    return (1 - keep) * total + tf.matmul(d_pre, W_transposed), d_pre
+            def backward(i, d_state, d_U, d_b, d_W, d_inputs):
+                # d_state: dL/ds_t through the future, for the last step of block k.
+                k = blocks - 1 - i
+                d_outputs, block_factors = (x[k] for x in blocked)
+                keep = None if mask_blocks is None else mask_blocks[k]
+                d_pre = [None] * block
+                for j in reversed(range(block)):
+                    total = d_outputs[j] + d_state
+                    d_pre[j] = times_derivative(total, block_factors[j])
+                    if keep is not None:
+                        d_pre[j] = keep[j] * d_pre[j]
+                    d_state = tf.matmul(d_pre[j], W_transposed)
+                    if keep is not None:
+                        d_state += (1 - keep[j]) * total
+                d_pre = tf.concat(d_pre, 0)  # (block * batch, units)
+                previous = tf.reshape(  # A slice of static size, as XLA needs.
+                    tf.slice(previous_states, [k * block, 0, 0], [block, -1, -1]),
+                    [block * batch, units])
+                d_W += tf.matmul(previous, d_pre, transpose_a=True)
+                d_U += tf.matmul(input_blocks[k], d_pre, transpose_a=True)
+                d_b += tf.reduce_sum(d_pre, 0)
+                d_inputs = d_inputs.write(k, tf.matmul(d_pre, U_transposed))
+                return i + 1, d_state, d_U, d_b, d_W, d_inputs
 
-                d_initial, d_pre = _scan_blocks(back, (d_states, factors, step_mask),
-                                                tf.zeros_like(initial_state), reverse=True,
-                                                block=block)
-            d_pre = tf.reshape(d_pre, tf.shape(projected))
-            # dL/dW = sum_t s_{t-1}^T d_pre_t: one product over steps 2.. (slices along time
-            # share the buffers) plus the first step's, from s_0.
-            units = tf.shape(W)[0]
-            d_W = (tf.matmul(tf.reshape(states[:-1], [-1, units]),
-                             tf.reshape(d_pre[1:], [-1, units]), transpose_a=True)
-                   + tf.matmul(initial_state, d_pre[0], transpose_a=True))
-            return d_pre, d_initial, d_W
+            _, d_initial, d_U, d_b, d_W, d_inputs = tf.while_loop(
+                lambda i, *_: i < blocks, backward,
+                (tf.constant(0), tf.zeros_like(initial_state), tf.zeros_like(U),
+                 tf.zeros_like(b), tf.zeros_like(W),
+                 tf.TensorArray(inputs.dtype, size=blocks, infer_shape=False)),
+                maximum_iterations=blocks)
+            d_inputs = tf.reshape(d_inputs.stack(), shape)
+            return d_inputs, d_U, d_b, d_initial, d_W
 
         return states, gradient
 
-    states = run(projected, initial_state, W)
+    states = run(inputs, U, b, initial_state, W)
     return states if padding is None else states[:time_steps]
-
-
-def _time_major_product(sequences, kernel):
-    """`(batch, time, features) @ (features, units)` -> `(time, batch, units)`: one 2-D matrix
-    product (TensorFlow's einsum for this, and its gradient, took several times as long)."""
-    time_major = tf.transpose(sequences, [1, 0, 2])
-    shape = tf.shape(time_major)
-    product = tf.matmul(tf.reshape(time_major, [-1, shape[2]]), kernel)
-    product = tf.reshape(product, tf.concat([shape[:2], tf.shape(kernel)[1:]], 0))
-    product.set_shape(time_major.shape[:2].concatenate(kernel.shape[1:]))
-    return product
 
 
 @keras.saving.register_keras_serializable(package="elman")
 class ElmanRNN(keras.layers.RNN):
-    """`keras.layers.RNN` for an `ElmanCell`, with `U x_t` and `V s_t` computed outside the loop.
+    """`keras.layers.RNN` for an `ElmanCell`, with `U x_t` and `V s_t` off the loop's critical path.
 
     Neither the input projection `x_t U + b` nor the output `g(s_t V + c)` depends on the
-    previous state, so this layer computes each for all steps at once, in one large matrix
-    product before and after the loop; only `s_{t-1} W` and f stay inside it, forward and in
-    a hand-written backward pass. It reads the cell's own variables (the cell stays the one
-    source of truth and what is saved) and gives the same outputs and gradients as
+    previous state, so this layer computes the output for all steps at once, in one large
+    matrix product after the loop, and the input projection one block of steps at a time in a
+    product that runs beside the steps; only `s_{t-1} W` and f are computed step by step,
+    forward and in a hand-written backward pass (which computes the weights' gradients block
+    by block beside its steps in the same way). It reads the cell's own variables (the cell
+    stays the one source of truth and what is saved) and gives the same outputs and gradients as
     `keras.layers.RNN(cell)`, with every argument of `keras.layers.RNN` (`return_sequences`,
     `return_state`, `go_backwards`, masking, initial state, `Bidirectional`, input dropout in
     training). Where the fast path does not apply (recurrent dropout in training, `unroll`,
@@ -242,15 +220,17 @@ class ElmanRNN(keras.layers.RNN):
         if self.go_backwards:
             sequences = tf.reverse(sequences, [1])
             mask = None if mask is None else tf.reverse(mask, [1])
-        projected = _time_major_product(sequences, cell.kernel)  # (time, batch, units)
-        if cell.bias is not None:
-            projected += cell.bias
+        inputs = tf.transpose(sequences, [1, 0, 2])  # (time, batch, input_dim)
         step_mask = None
         if mask is not None:
-            step_mask = tf.cast(tf.transpose(mask), projected.dtype)[..., None]  # (time, batch, 1)
-        # A tensor, not the variable: the custom gradient returns W's gradient as an input's.
-        W = tf.convert_to_tensor(keras.ops.convert_to_tensor(cell.recurrent_kernel))
-        states = _recurrence(projected, state, W, step_mask, cell.activation)
+            step_mask = tf.cast(tf.transpose(mask), inputs.dtype)[..., None]  # (time, batch, 1)
+        # Tensors, not the variables: the custom gradient returns the weights' gradients as
+        # those of its inputs.
+        U, W = (tf.convert_to_tensor(keras.ops.convert_to_tensor(weight))
+                for weight in (cell.kernel, cell.recurrent_kernel))
+        b = (tf.zeros([cell.units], inputs.dtype) if cell.bias is None
+             else tf.convert_to_tensor(keras.ops.convert_to_tensor(cell.bias)))
+        states = _recurrence(inputs, U, b, state, W, step_mask, cell.activation)
         outputs = cell.project(states)  # (time, batch, output_dim)
         if step_mask is not None:
             # Keras's masked outputs: zeros (zero_output_for_mask), else the last unmasked
