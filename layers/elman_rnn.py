@@ -87,24 +87,28 @@ def _recurrence(inputs, U, b, initial_state, W, step_mask, activation):
                 new_state = activation(projected[j] + tf.matmul(state, W))
                 state = new_state if keep is None else (
                     keep[j] * new_state + (1 - keep[j]) * state)
-                states = states.write(i * block + j, state)
+                states = states.write(i * block + j + 1, state)
             return i + 1, state, states
 
-        _, _, states = tf.while_loop(
+        # s_0, s_1, ..., s_T in one tensor: the states, and s_{t-1} for every step in the
+        # backward pass, are slices of it along time, which share its buffer.
+        _, _, all_states = tf.while_loop(
             lambda i, *_: i < blocks, forward,
             (tf.constant(0), initial_state,
-             tf.TensorArray(inputs.dtype, size=blocks * block, infer_shape=False)),
+             tf.TensorArray(inputs.dtype, size=blocks * block + 1,
+                            infer_shape=False).write(0, initial_state)),
             maximum_iterations=blocks)
-        states = states.stack()
-        states.set_shape(inputs.shape[:2].concatenate(W.shape[1:]))
+        all_states = all_states.stack()
+        all_states.set_shape(tf.TensorShape(None if inputs.shape[0] is None
+                                            else inputs.shape[0] + 1)
+                             .concatenate(inputs.shape[1:2]).concatenate(W.shape[1:]))
+        states = all_states[1:]
 
         def gradient(d_states):
             W_transposed, U_transposed = tf.transpose(W), tf.transpose(U)
             # d_pre = dL/da_t = (dL/ds_t from the output + from the future) * f'(a_t), with f'
             # applied inside the loop from s_t where an op does it, else precomputed for all steps.
-            # s_{t-1} of every step (and s_T): the rows of a block's steps are side by side, and
-            # slices along time share the buffer.
-            previous_states = tf.concat([initial_state[None], states], 0)
+            previous_states = all_states[:-1]  # s_{t-1} of every step
             times_derivative = _GRADIENT_FROM_STATES.get(getattr(activation, "__name__", ""))
             if times_derivative is not None:
                 factors = states
@@ -112,7 +116,7 @@ def _recurrence(inputs, U, b, initial_state, W, step_mask, activation):
                 times_derivative = tf.multiply
                 # The pre-activations, recomputed for all steps in two products.
                 pre_activation = (tf.einsum("tbf,fu->tbu", inputs, U) + b
-                                  + tf.einsum("tbu,uv->tbv", previous_states[:-1], W))
+                                  + tf.einsum("tbu,uv->tbv", previous_states, W))
                 with tf.GradientTape() as tape:
                     tape.watch(pre_activation)
                     activated = activation(pre_activation)
