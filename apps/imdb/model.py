@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from elman import text
 from elman.datasets.imdb import load_imdb
 from elman.layers import (AdversarialModel, ElmanCell, ElmanRNN, EmbeddingPerturbation,
                           StatePooling, WordDropout)
@@ -53,6 +54,10 @@ class Config:
     # Words read per review; longer reviews are cut, shorter ones padded and masked.
     sequence_length: int = 800
     embedding_dim: int = 64
+    # Start the word embeddings from word vectors of the training reviews' co-occurrence counts
+    # (PPMI and a truncated SVD, `elman.text.word_vectors`), fine-tuned in training, instead of
+    # random ones. Costs about a minute before training.
+    cooccurrence_embeddings: bool = False
     # Size of the Elman state s_t in each direction.
     hidden_units: int = 64
     # f, the state activation of the cell.
@@ -122,6 +127,8 @@ class Data:
     source: str
     # All training reviews, validation included, shuffled: built only for `refit`.
     train_and_validation: tf.data.Dataset = None
+    # `(vocabulary, embedding_dim)` initial embeddings, or None for random ones.
+    word_vectors: np.ndarray = None
 
 
 def _clean_review(review):
@@ -207,7 +214,11 @@ def load_data(config):
             data = data.shuffle(len(texts), seed=config.seed, reshuffle_each_iteration=True)
         return data.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
 
+    word_vectors = None
+    if config.cooccurrence_embeddings:
+        word_vectors = _word_vectors(vectorizer, train_texts, config)
     return Data(
+        word_vectors=word_vectors,
         train=dataset(train_texts, labels[train_index], shuffle=True),
         validation=dataset([texts[i] for i in validation_index], labels[validation_index], False),
         test=dataset(splits["test"][0], splits["test"][1], shuffle=False),
@@ -215,6 +226,21 @@ def load_data(config):
         source=splits["source"],
         train_and_validation=dataset(texts, labels, shuffle=True) if config.refit else None,
     )
+
+
+def _word_vectors(vectorizer, texts, config):
+    """Embeddings from the co-occurrences of the words of `texts`, scaled to the spread of
+    Keras's default initialization: `(vocabulary, embedding_dim)`."""
+    word_ids = []
+    for batch in tf.data.Dataset.from_tensor_slices(texts).batch(1024):
+        for row in vectorizer(batch).numpy():
+            word_ids.append(row[:np.count_nonzero(row)])  # Padding only ends a row.
+    vocabulary_size = vectorizer.vocabulary_size()
+    counts = text.cooccurrence_counts(word_ids, vocabulary_size,
+                                      context_words=min(5000, vocabulary_size - 2))
+    vectors = text.word_vectors(counts, config.embedding_dim, seed=config.seed)
+    # Keras's Embedding starts from uniform(-0.05, 0.05): entries of standard deviation 0.029.
+    return vectors * (0.05 / np.sqrt(3) / max(float(vectors.std()), 1e-12))
 
 
 def build_model(config, data, recurrent_layer=None):
@@ -253,6 +279,8 @@ def build_model(config, data, recurrent_layer=None):
     model = AdversarialModel(review, probability, name="imdb_elman",
                              adversarial_epsilon=config.adversarial_epsilon,
                              adversarial_replay=config.adversarial_replay)
+    if data.word_vectors is not None:
+        model.get_layer("embed").set_weights([data.word_vectors])
     learning_rate = config.learning_rate
     if config.learning_rate_decay_epochs > 0:
         steps_per_epoch = int(data.train.cardinality())
