@@ -99,16 +99,16 @@ def _recurrence(inputs, U, b, initial_state, W, step_mask, activation):
                             infer_shape=False).write(0, initial_state)),
             maximum_iterations=blocks)
         all_states = all_states.stack()
-        all_states.set_shape(tf.TensorShape(None if inputs.shape[0] is None
-                                            else inputs.shape[0] + 1)
-                             .concatenate(inputs.shape[1:2]).concatenate(W.shape[1:]))
+        steps = None if inputs.shape[0] is None else inputs.shape[0] + 1
+        all_states.set_shape(tf.TensorShape([steps]).concatenate(inputs.shape[1:2])
+                             .concatenate(W.shape[1:]))
         states = all_states[1:]
 
         def gradient(d_states):
             W_transposed, U_transposed = tf.transpose(W), tf.transpose(U)
+            previous_states = all_states[:-1]  # s_{t-1} of every step
             # d_pre = dL/da_t = (dL/ds_t from the output + from the future) * f'(a_t), with f'
             # applied inside the loop from s_t where an op does it, else precomputed for all steps.
-            previous_states = all_states[:-1]  # s_{t-1} of every step
             times_derivative = _GRADIENT_FROM_STATES.get(getattr(activation, "__name__", ""))
             if times_derivative is not None:
                 factors = states

@@ -151,6 +151,23 @@ def test_dynamic_time_dimension():
         _assert_same(*models, sequences)
 
 
+@pytest.mark.parametrize("time_steps", [None, 12])
+def test_static_shapes_in_a_graph(time_steps):
+    # Layers after the recurrence (Dense on the final state, as the translation encoder has)
+    # need the static shapes of outputs and states in a graph traced with unknown sizes.
+    layer = ElmanRNN(ElmanCell(4, output_units=2), return_sequences=True, return_state=True)
+    layer.build((None, None, FEATURES))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, time_steps, FEATURES])])
+    def shapes(sequences):
+        outputs, state = layer(sequences)
+        assert outputs.shape.as_list() == [None, time_steps, 2]
+        assert state.shape.as_list() == [None, 4]
+        return state
+
+    assert shapes(tf.zeros((3, 12, FEATURES))).shape == (3, 4)
+
+
 def test_the_fast_path_is_taken(monkeypatch):
     import elman.layers.elman_rnn as module
 
