@@ -265,7 +265,7 @@ def build_model(config, data, recurrent_layer=None):
     embedded = keras.layers.SpatialDropout1D(config.embedding_dropout)(embedded)
     # Where adversarial training perturbs the words; the identity otherwise.
     embedded = EmbeddingPerturbation(name="perturb")(embedded)
-    # ElmanRNN runs the cell with U x_t computed for all steps before the loop (same results as
+    # ElmanRNN runs the cell with only s_{t-1} W computed step by step (same results as
     # keras.layers.RNN(ElmanCell), faster).
     recurrent = recurrent_layer or ElmanRNN(
         ElmanCell(config.hidden_units, activation=config.activation), return_sequences=True,
