@@ -127,8 +127,8 @@ def cooccurrence_counts(word_ids, vocabulary_size, window=5, context_words=5000)
     if window < 1:
         raise ValueError(f"window must be a positive integer, received {window}")
     separator = np.zeros(window, np.int64)  # Pairs never span two texts.
-    ids = np.concatenate([np.concatenate([np.asarray(text, np.int64), separator])
-                          for text in word_ids] or [separator])
+    ids = np.concatenate([np.concatenate([np.asarray(sequence, np.int64), separator])
+                          for sequence in word_ids] or [separator])
     if ids.size and (ids.min() < 0 or ids.max() >= vocabulary_size):
         raise ValueError(f"word ids must lie in [0, {vocabulary_size}), received ids from "
                          f"{ids.min()} to {ids.max()}")

@@ -56,7 +56,8 @@ class Config:
     embedding_dim: int = 64
     # Start the word embeddings from word vectors of the training reviews' co-occurrence counts
     # (PPMI and a truncated SVD, `elman.text.word_vectors`), fine-tuned in training, instead of
-    # random ones. Costs about a minute before training.
+    # random ones. About 10 s on the full data. 88.82% over three seeds with
+    # adversarial_epsilon=0.05, against 88.77% for the defaults (README).
     cooccurrence_embeddings: bool = False
     # Size of the Elman state s_t in each direction.
     hidden_units: int = 64
