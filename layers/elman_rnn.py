@@ -230,10 +230,9 @@ class ElmanRNN(keras.layers.RNN):
             step_mask = tf.cast(tf.transpose(mask), inputs.dtype)[..., None]  # (time, batch, 1)
         # Tensors, not the variables: the custom gradient returns the weights' gradients as
         # those of its inputs.
-        U, W = (tf.convert_to_tensor(keras.ops.convert_to_tensor(weight))
-                for weight in (cell.kernel, cell.recurrent_kernel))
-        b = (tf.zeros([cell.units], inputs.dtype) if cell.bias is None
-             else tf.convert_to_tensor(keras.ops.convert_to_tensor(cell.bias)))
+        U, W, b = (tf.convert_to_tensor(keras.ops.convert_to_tensor(weight))
+                   if weight is not None else tf.zeros([cell.units], inputs.dtype)
+                   for weight in (cell.kernel, cell.recurrent_kernel, cell.bias))
         states = _recurrence(inputs, U, b, state, W, step_mask, cell.activation)
         outputs = cell.project(states)  # (time, batch, output_dim)
         if step_mask is not None:

@@ -206,7 +206,8 @@ def load_data(config):
     train_texts = [texts[i] for i in train_index]
 
     vectorizer = _vectorizer(config)
-    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(train_texts).batch(1024))
+    train_text_batches = tf.data.Dataset.from_tensor_slices(train_texts).batch(1024)
+    vectorizer.adapt(train_text_batches)
 
     def dataset(texts, labels, shuffle):
         data = tf.data.Dataset.from_tensor_slices((tf.constant(texts, tf.string),
@@ -215,25 +216,23 @@ def load_data(config):
             data = data.shuffle(len(texts), seed=config.seed, reshuffle_each_iteration=True)
         return data.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
 
-    word_vectors = None
-    if config.cooccurrence_embeddings:
-        word_vectors = _word_vectors(vectorizer, train_texts, config)
     return Data(
-        word_vectors=word_vectors,
         train=dataset(train_texts, labels[train_index], shuffle=True),
         validation=dataset([texts[i] for i in validation_index], labels[validation_index], False),
         test=dataset(splits["test"][0], splits["test"][1], shuffle=False),
         vocabulary=vectorizer.get_vocabulary(),
         source=splits["source"],
         train_and_validation=dataset(texts, labels, shuffle=True) if config.refit else None,
+        word_vectors=(_word_vectors(vectorizer, train_text_batches, config)
+                      if config.cooccurrence_embeddings else None),
     )
 
 
-def _word_vectors(vectorizer, texts, config):
-    """Embeddings from the co-occurrences of the words of `texts`, scaled to the spread of
+def _word_vectors(vectorizer, text_batches, config):
+    """Embeddings from the co-occurrences of the words of the texts, scaled to the spread of
     Keras's default initialization: `(vocabulary, embedding_dim)`."""
     word_ids = []
-    for batch in tf.data.Dataset.from_tensor_slices(texts).batch(1024):
+    for batch in text_batches:
         for row in vectorizer(batch).numpy():
             word_ids.append(row[:np.count_nonzero(row)])  # Padding only ends a row.
     vocabulary_size = vectorizer.vocabulary_size()
