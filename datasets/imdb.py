@@ -32,34 +32,40 @@ def _read_csv(path):
 
 
 def _columns(rows):
-    """`(texts, labels, review_ids)` from CSV rows with `label` and `text` columns (and `id`;
-    without it the ids are None)."""
+    """`(texts, labels, review_ids, ratings)` from CSV rows with `label` and `text` columns (and
+    `id` and `rating`; without them those are None)."""
     texts = [row["text"] for row in rows]
     labels = np.array([int(row["label"]) for row in rows], dtype="int32")
-    review_ids = None
+    review_ids = ratings = None
     if rows and "id" in rows[0]:
         review_ids = np.array([int(row["id"]) for row in rows], dtype="int64")
-    return texts, labels, review_ids
+    if rows and "rating" in rows[0]:
+        ratings = np.array([int(row["rating"]) for row in rows], dtype="int32")
+    return texts, labels, review_ids, ratings
 
 
 def _read_folder(root, split):
-    """Reads `(texts, labels, review_ids)` from `aclImdb/<split>/{neg,pos}/<id>_<rating>.txt` in
-    sorted file order."""
-    texts, labels, review_ids = [], [], []
+    """Reads `(texts, labels, review_ids, ratings)` from
+    `aclImdb/<split>/{neg,pos}/<id>_<rating>.txt` in sorted file order."""
+    texts, labels, review_ids, ratings = [], [], [], []
     for label, polarity in enumerate(("neg", "pos")):
         for path in sorted((root / split / polarity).glob("*.txt")):
             texts.append(path.read_text(encoding="utf-8", errors="replace"))
             labels.append(label)
-            review_ids.append(int(path.stem.split("_")[0]))
-    return texts, np.array(labels, dtype="int32"), np.array(review_ids, dtype="int64")
+            review_id, rating = path.stem.split("_")[:2]
+            review_ids.append(int(review_id))
+            ratings.append(int(rating))
+    return (texts, np.array(labels, dtype="int32"), np.array(review_ids, dtype="int64"),
+            np.array(ratings, dtype="int32"))
 
 
 def _splits(read, source):
-    """`{"train": (texts, labels), "test": ..., "review_ids": {...}, "source": ...}` from
-    `read(split) -> (texts, labels, review_ids)`."""
+    """`{"train": (texts, labels), "test": ..., "review_ids": {...}, "ratings": {...},
+    "source": ...}` from `read(split) -> (texts, labels, review_ids, ratings)`."""
     splits = {split: read(split) for split in SPLITS}
-    return {**{split: (texts, labels) for split, (texts, labels, _) in splits.items()},
-            "review_ids": {split: ids for split, (_, _, ids) in splits.items()},
+    return {**{split: (texts, labels) for split, (texts, labels, _, _) in splits.items()},
+            "review_ids": {split: ids for split, (_, _, ids, _) in splits.items()},
+            "ratings": {split: ratings for split, (_, _, _, ratings) in splits.items()},
             "source": source}
 
 
@@ -85,9 +91,11 @@ def load_imdb(data_dir=None, download=True):
 
     Returns:
         A dict `{"train": (texts, labels), "test": (texts, labels), "review_ids": {"train": ids,
-        "test": ids}, "source": str}`: texts a list of `str`, labels an `int32` array
-        (0 negative, 1 positive), ids the `int64` review ids of the original file names (None
-        for the shipped sample). Within a label, reviews of one movie have consecutive ids.
+        "test": ids}, "ratings": {"train": ratings, "test": ratings}, "source": str}`: texts a
+        list of `str`, labels an `int32` array (0 negative, 1 positive), ids the `int64` review
+        ids and ratings the `int32` star ratings (1-4 negative, 7-10 positive) of the original
+        file names, both None for the shipped sample. Within a label, reviews of one movie have
+        consecutive ids.
 
     Raises:
         FileNotFoundError: when a data directory is set but holds no copy and the download

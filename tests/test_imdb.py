@@ -145,6 +145,8 @@ def test_reads_a_local_copy_in_the_shared_csv_layout(tmp_path):
     assert splits["train"][1].tolist() == [1, 0]
     assert splits["test"][0] == ["nice"]
     assert splits["review_ids"]["train"].tolist() == [1, 2]
+    assert splits["ratings"]["train"].tolist() == [9, 2]
+    assert splits["ratings"]["test"].tolist() == [8]
 
 
 def test_reads_the_canonical_aclimdb_folder(tmp_path):
@@ -160,6 +162,8 @@ def test_reads_the_canonical_aclimdb_folder(tmp_path):
     assert splits["train"][1].tolist() == [0, 1]
     assert splits["review_ids"]["train"].tolist() == [1, 0]
     assert splits["review_ids"]["test"].tolist() == [3, 2]
+    assert splits["ratings"]["train"].tolist() == [2, 9]
+    assert splits["ratings"]["test"].tolist() == [1, 8]
 
 
 def test_validation_holds_out_the_last_ids_of_each_label():
@@ -188,6 +192,37 @@ def test_missing_data_says_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.setenv("ELMAN_DATA_DIR", str(tmp_path / "does-not-exist"))
     with pytest.raises(ValueError, match="ELMAN_DATA_DIR must name an existing directory"):
         imdb_data.load_imdb()
+
+
+def test_rating_targets_move_milder_ratings_toward_one_half():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    ratings = np.array([1, 2, 3, 4, 7, 8, 9, 10])
+    targets = app.rating_targets(labels, ratings, 0.3)
+    np.testing.assert_allclose(targets, [0, 0.1, 0.2, 0.3, 0.7, 0.8, 0.9, 1], atol=1e-6)
+    np.testing.assert_array_equal(app.rating_targets(labels, ratings, 0.0), labels)
+    with pytest.raises(ValueError, match=r"ratings must be 1-4 .*received \[5\]"):
+        app.rating_targets(np.array([0]), np.array([5]), 0.3)
+    with pytest.raises(ValueError, match="rating_smoothing must be in"):
+        app.rating_targets(labels, ratings, 0.5)
+
+
+def test_rating_smoothing_trains_on_soft_targets_and_counts_their_labels(tmp_path):
+    rows = [(i, rating, int(rating > 5), f"review {i} " + ("good" if rating > 5 else "bad"))
+            for i, rating in enumerate([1, 4, 7, 10] * 5)]
+    _write_csv(tmp_path / "imdb" / "imdb_train.csv.gz", rows)
+    _write_csv(tmp_path / "imdb" / "imdb_test.csv.gz", rows[:4])
+    config = dataclasses.replace(app.SMOKE, data_dir=str(tmp_path), rating_smoothing=0.3,
+                                 validation_fraction=0.2)
+    data = app.load_data(config)
+    targets = np.concatenate([labels.numpy() for _, labels in data.train])
+    np.testing.assert_allclose(sorted(set(targets.tolist())), [0, 0.3, 0.7, 1], atol=1e-6)
+    validation_labels = np.concatenate([labels.numpy() for _, labels in data.validation])
+    assert set(validation_labels.tolist()) == {0.0, 1.0}  # Validation keeps the labels.
+    # The accuracy metric compares the side of 0.5, so soft targets count as their labels.
+    accuracy = app.label_accuracy(np.array([0.3, 0.7, 0.7]), np.array([[0.1], [0.9], [0.2]]))
+    assert keras.ops.convert_to_numpy(accuracy).ravel().tolist() == [1, 1, 0]
+    with pytest.raises(ValueError, match="rating_smoothing needs the star ratings.*sample"):
+        app.load_data(dataclasses.replace(app.SMOKE, rating_smoothing=0.3))
 
 
 # Training runs, CLI verbs.

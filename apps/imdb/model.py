@@ -85,6 +85,11 @@ class Config:
     # Perturb the very embedded words the perturbation was computed for (the clean pass's word
     # and embedding dropout, as in Miyato et al.) instead of a second pass's new dropout draws.
     adversarial_replay: bool = False
+    # Train on soft targets from the star ratings (1-4 negative, 7-10 positive): a review d
+    # stars from its side's extreme (1 or 10) gets the target |label - rating_smoothing * d / 3|,
+    # so a 4-star review pulls the model less hard toward 0 than a 1-star one. 0 trains on the
+    # labels alone. Needs the ratings (the full data has them, the shipped sample does not).
+    rating_smoothing: float = 0.0
     # Keep "!" and "?" as words of their own instead of dropping them with the punctuation.
     keep_marks: bool = False
     batch_size: int = 64
@@ -197,10 +202,50 @@ def validation_indices(labels, review_ids, fraction, seed):
     return np.setdiff1d(np.arange(count), validation), validation
 
 
+def rating_targets(labels, ratings, smoothing):
+    """Soft training targets from the star ratings: a review `d` stars from its side's extreme
+    (1 for negative, 10 for positive reviews) gets `|label - smoothing * d / 3|`.
+
+    Args:
+        labels: `(reviews,)` int, 0 or 1.
+        ratings: `(reviews,)` int, 1-4 for label 0 and 7-10 for label 1.
+        smoothing: float in [0, 0.5): the target of a 4- or 7-star review moves this far
+            toward 0.5.
+
+    Returns:
+        `(reviews,)` float32 in [0, 1], on the label's side of 0.5.
+    """
+    if not 0 <= smoothing < 0.5:
+        raise ValueError(f"rating_smoothing must be in [0, 0.5), received {smoothing}")
+    labels, ratings = np.asarray(labels), np.asarray(ratings)
+    distance = np.where(labels == 1, 10 - ratings, ratings - 1)
+    if distance.size and not ((distance >= 0) & (distance <= 3)).all():
+        wrong = sorted(set(ratings[(distance < 0) | (distance > 3)].tolist()))
+        raise ValueError("ratings must be 1-4 for negative and 7-10 for positive reviews, "
+                         f"received {wrong[:5]}")
+    return np.abs(labels - smoothing * distance / 3).astype("float32")
+
+
+@keras.saving.register_keras_serializable(package="elman")
+def label_accuracy(y_true, y_pred):
+    """Binary accuracy against the label on the target's side of 0.5, so that soft training
+    targets count as their label: `(batch,)` or `(batch, 1)`, `(batch, 1)` -> `(batch, 1)` of 0/1."""
+    y_true = keras.ops.reshape(y_true, keras.ops.shape(y_pred))
+    return keras.ops.cast(keras.ops.equal(y_true > 0.5, y_pred > 0.5), "float32")
+
+
 def load_data(config):
     """Reads IMDB, holds out whole movies of train for validation, and builds the vocabulary."""
     splits = load_imdb(config.data_dir or None)
     texts, labels = splits["train"]
+    targets = labels
+    if config.rating_smoothing:
+        ratings = splits["ratings"]["train"]
+        if ratings is None:
+            raise ValueError(f"rating_smoothing needs the star ratings, which {splits['source']} "
+                             "does not have: set ELMAN_DATA_DIR to the full data, or "
+                             "rating_smoothing=0")
+        targets = rating_targets(labels, ratings, config.rating_smoothing)
     train_index, validation_index = validation_indices(
         labels, splits["review_ids"]["train"], config.validation_fraction, config.seed)
     train_texts = [texts[i] for i in train_index]
@@ -217,12 +262,12 @@ def load_data(config):
         return data.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
 
     return Data(
-        train=dataset(train_texts, labels[train_index], shuffle=True),
+        train=dataset(train_texts, targets[train_index], shuffle=True),
         validation=dataset([texts[i] for i in validation_index], labels[validation_index], False),
         test=dataset(splits["test"][0], splits["test"][1], shuffle=False),
         vocabulary=vectorizer.get_vocabulary(),
         source=splits["source"],
-        train_and_validation=dataset(texts, labels, shuffle=True) if config.refit else None,
+        train_and_validation=dataset(texts, targets, shuffle=True) if config.refit else None,
         word_vectors=(_word_vectors(vectorizer, train_text_batches, config)
                       if config.cooccurrence_embeddings else None),
     )
@@ -292,7 +337,8 @@ def build_model(config, data, recurrent_layer=None):
     optimizer = keras.optimizers.Adam(learning_rate, clipnorm=config.clipnorm or None,
                                       use_ema=config.ema_momentum > 0,
                                       ema_momentum=config.ema_momentum or 0.99)
-    model.compile(optimizer, loss="binary_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer, loss="binary_crossentropy",
+                  metrics=[keras.metrics.MeanMetricWrapper(label_accuracy, name="accuracy")])
     return model
 
 
