@@ -96,8 +96,14 @@ def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbo
         # An interrupted refit: the epochs were chosen already; go on with the refit.
         history, final = None, json.loads((run_dir / "metrics.json").read_text())
     else:
+        # An app may prepare the model before the fit (e.g. unsupervised pretraining): its
+        # time counts in the training time.
+        started = time.perf_counter()
+        if hasattr(app, "pretrain"):
+            app.pretrain(model, data, config, run_dir)
+        pretrain_seconds = time.perf_counter() - started
         history, final = _fit_with_validation(app, config, run_dir, data, model, verbose,
-                                              extra_callbacks)
+                                              extra_callbacks, pretrain_seconds)
     if refit:
         started = time.perf_counter()
         model = _refit(app, config, run_dir, data, model, final["best_epoch"] + 1, verbose,
@@ -110,9 +116,11 @@ def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbo
     return model, history
 
 
-def _fit_with_validation(app, config, run_dir, data, model, verbose, extra_callbacks):
+def _fit_with_validation(app, config, run_dir, data, model, verbose, extra_callbacks,
+                         pretrain_seconds=0.0):
     """Fits on the training split with early stopping on the validation split; writes and
-    returns the best epoch's metrics: `(history, metrics)`."""
+    returns the best epoch's metrics: `(history, metrics)`, whose `training_seconds` include
+    `pretrain_seconds`."""
     started = time.perf_counter()
     try:
         history = model.fit(
@@ -128,7 +136,8 @@ def _fit_with_validation(app, config, run_dir, data, model, verbose, extra_callb
     best = scores.index(min(scores) if monitor_mode(app) == "min" else max(scores))
     final = {key: float(values[best]) for key, values in history.history.items()}
     final.update(best_epoch=history.epoch[best] if history.epoch else None,
-                 epochs_run=len(history.epoch), training_seconds=time.perf_counter() - started)
+                 epochs_run=len(history.epoch), pretrain_seconds=pretrain_seconds,
+                 training_seconds=time.perf_counter() - started + pretrain_seconds)
     _write_metrics(run_dir, final)
     return history, final
 

@@ -31,6 +31,12 @@ class AppHyperModel(keras_tuner.HyperModel):
     def build(self, hp):
         return self.app.build_model(self.app.search_space(hp, self.config), self.data)
 
+    def fit(self, hp, model, *args, **kwargs):
+        # As in training: the app may prepare the model first (pretraining), with nothing kept.
+        if hasattr(self.app, "pretrain"):
+            self.app.pretrain(model, self.data, self.app.search_space(hp, self.config), None)
+        return model.fit(*args, **kwargs)
+
 
 def tune(app, config, run_dir, max_trials=10, executions_per_trial=1, data=None,
          verbose="auto", command=None):

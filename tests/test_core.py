@@ -124,6 +124,26 @@ def test_search_of_two_trials_runs_and_resumes(tmp_path, monkeypatch):
     assert trained.learning_rate == best.learning_rate and trained.hidden_units == 4
 
 
+def test_each_trial_runs_the_apps_pretraining_on_its_own_model(tmp_path, monkeypatch):
+    app = get_app("imdb")
+    config = dataclasses.replace(app.SMOKE, epochs=1, pretrain_epochs=1)
+    data = app.load_data(config)
+    calls = []
+    original = app.pretrain
+
+    def recording_pretrain(model, data, trial_config, run_dir):
+        calls.append((trial_config.hidden_units, run_dir))
+        losses = original(model, data, trial_config, run_dir)
+        assert losses is not None and len(losses) == 1  # It trained, and kept nothing.
+        return losses
+
+    monkeypatch.setattr(app, "pretrain", recording_pretrain)
+    tuning.tune(app, config, tmp_path, max_trials=2, data=data, verbose=0)
+    trials = json.loads((tmp_path / "trials.json").read_text())
+    assert [units for units, _ in calls] == [trial["values"]["hidden_units"] for trial in trials]
+    assert all(run_dir is None for _, run_dir in calls)
+
+
 @pytest.mark.parametrize("name", ["imdb", "translation", "nextframe"])
 def test_every_search_space_gives_a_config_that_trains(name):
     """A trial's config (the search space's first values) builds a model that takes a step."""

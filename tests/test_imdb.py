@@ -225,6 +225,48 @@ def test_rating_smoothing_trains_on_soft_targets_and_counts_their_labels(tmp_pat
         app.load_data(dataclasses.replace(app.SMOKE, rating_smoothing=0.3))
 
 
+def test_language_model_targets_are_the_next_word_in_reading_order():
+    word_ids = tf.constant([[5, 6, 7, 0], [8, 0, 0, 0]])
+    predicts, next_words = app.language_model_targets(word_ids)
+    assert predicts.numpy().tolist() == [[True, True, False, False], [False] * 4]
+    assert next_words.numpy().tolist() == [6, 7]
+    # Read backwards, the states come last word first: [0, 7, 6, 5] predicts 6, then 5.
+    predicts, next_words = app.language_model_targets(word_ids, go_backwards=True)
+    assert predicts.numpy().tolist() == [[False, True, True, False], [False] * 4]
+    assert next_words.numpy().tolist() == [6, 5]
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_pretraining_trains_the_encoder_as_a_language_model(data, tmp_path, reference):
+    config = dataclasses.replace(app.SMOKE, pretrain_epochs=3, learning_rate=0.01)
+    keras.utils.set_random_seed(0)
+    # Any recurrent layer that returns sequences, as the benchmark's references.
+    layer = keras.layers.SimpleRNN(8, return_sequences=True) if reference else None
+    model = app.build_model(config, data, recurrent_layer=layer)
+    before = {weight.path: weight.numpy().copy() for weight in model.weights}
+    losses = app.pretrain(model, data, config, tmp_path)
+    assert len(losses) == 3 and losses[-1] < losses[0] - 0.1
+    for weight in model.weights:
+        changed = not np.array_equal(weight.numpy(), before[weight.path])
+        # The embedding and both directions learn; the classifier is left for the fit.
+        assert changed == (not weight.path.startswith("probability")), weight.path
+    # A rerun (after an interrupted training) loads the result instead of training again.
+    pretrained = [weight.numpy() for weight in model.weights]
+    fresh = app.build_model(config, data, recurrent_layer=layer.__class__.from_config(
+        layer.get_config()) if reference else None)
+    assert app.pretrain(fresh, data, config, tmp_path) is None
+    for weight, expected in zip(fresh.weights, pretrained):
+        np.testing.assert_array_equal(weight.numpy(), expected)
+
+
+def test_training_counts_the_pretraining_time(tmp_path, data):
+    config = dataclasses.replace(app.SMOKE, pretrain_epochs=1, epochs=1)
+    training.train(app, config, tmp_path, data=data, verbose=0)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0 < metrics["pretrain_seconds"] < metrics["training_seconds"]
+    assert (tmp_path / app.PRETRAINED_WEIGHTS).is_file()
+
+
 # Training runs, CLI verbs.
 
 class _InterruptAfterFirstEpoch(keras.callbacks.Callback):

@@ -20,6 +20,7 @@ probability. The app contract the shared core relies on: `NAME`, `Config`, `SMOK
 """
 
 import dataclasses
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -85,6 +86,11 @@ class Config:
     # Perturb the very embedded words the perturbation was computed for (the clean pass's word
     # and embedding dropout, as in Miyato et al.) instead of a second pass's new dropout draws.
     adversarial_replay: bool = False
+    # Language-model pretraining (Dai & Le, 2015): before the classifier trains, the embedding
+    # and the recurrent layers learn for this many epochs to predict each next word of the
+    # training reviews (the backward direction: each previous word), through a sampled softmax
+    # over the vocabulary; 0 skips it. Its time counts in the training time.
+    pretrain_epochs: int = 0
     # Train on soft targets from the star ratings (1-4 negative, 7-10 positive): a review d
     # stars from its side's extreme (1 or 10) gets the target |label - rating_smoothing * d / 3|,
     # so a 4-star review pulls the model less hard toward 0 than a 1-star one. 0 trains on the
@@ -340,6 +346,128 @@ def build_model(config, data, recurrent_layer=None):
     model.compile(optimizer, loss="binary_crossentropy",
                   metrics=[keras.metrics.MeanMetricWrapper(label_accuracy, name="accuracy")])
     return model
+
+
+# Where `pretrain` keeps its result in the run directory: a rerun after an interruption starts
+# from it instead of pretraining again.
+PRETRAINED_WEIGHTS = "pretrained.weights.h5"
+# Words drawn per step for the sampled softmax (from a Zipf distribution over the vocabulary,
+# whose ids TextVectorization orders by frequency).
+_SAMPLED_WORDS = 1024
+
+
+def pretrain(model, data, config, run_dir):
+    """Pretrains the model's embedding and recurrent layers as language models, before the
+    classifier trains (`config.pretrain_epochs` epochs over `data.train`; nothing if 0).
+
+    Each direction of the recurrent layer reads the review as in the classifier, and its state
+    after word i predicts word i+1 in its reading order (the next word forward, the previous
+    one backward) through a softmax of its own, sampled (Jean et al., 2015): the loss of a
+    word is estimated from it and `_SAMPLED_WORDS` words drawn by frequency, not the whole
+    vocabulary. The softmax weights are dropped afterwards; the classifier starts from the
+    embedding and recurrent weights. They are saved to `run_dir/PRETRAINED_WEIGHTS`, which a
+    rerun of an interrupted training loads instead of pretraining again (with a run directory;
+    the tuner's trials keep nothing).
+
+    Args:
+        model: a model from `build_model`, with any recurrent layer that returns sequences.
+        data: the `Data`; its training reviews are read, not their labels.
+        config: the `Config`.
+        run_dir: the run directory, or None.
+
+    Returns:
+        The mean loss of each epoch (None when nothing was trained).
+    """
+    if config.pretrain_epochs <= 0:
+        return None
+    path = None if run_dir is None else Path(run_dir) / PRETRAINED_WEIGHTS
+    if path is not None and path.is_file():
+        model.load_weights(path)
+        print(f"[elman] {NAME}: language-model pretraining done before, weights from {path}")
+        return None
+    vectorize, embed = model.get_layer("vectorize"), model.get_layer("embed")
+    # The layer whose states the classifier pools: Bidirectional, or one direction.
+    recurrent = next(layer for layer in model.layers
+                     if isinstance(layer, (keras.layers.Bidirectional, keras.layers.RNN)))
+    if isinstance(recurrent, keras.layers.Bidirectional):
+        directions = [recurrent.forward_layer, recurrent.backward_layer]
+    else:
+        directions = [recurrent]
+    vocabulary_size = len(data.vocabulary)
+    sampled = min(_SAMPLED_WORDS, vocabulary_size - 1)
+    softmaxes = []
+    for number, layer in enumerate(directions):
+        units = layer.cell.output_size  # What the layer returns per step.
+        softmaxes.append((
+            keras.Variable(keras.initializers.GlorotUniform(config.seed + number)(
+                (vocabulary_size, units)), name=f"softmax_weights_{number}"),
+            keras.Variable(np.zeros(vocabulary_size, "float32"), name=f"softmax_bias_{number}")))
+    variables = [*embed.trainable_variables,
+                 *(variable for layer in directions for variable in layer.trainable_variables),
+                 *(variable for softmax in softmaxes for variable in softmax)]
+    optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
+
+    @tf.function
+    def train_step(reviews):
+        word_ids = vectorize(reviews)[:, :config.sequence_length]  # (batch, time)
+        present = word_ids != 0
+        with tf.GradientTape() as tape:
+            embedded = embed(word_ids)
+            losses = []
+            for layer, (weights, bias) in zip(directions, softmaxes):
+                # (batch, time, units), in the layer's reading order.
+                states = layer(embedded, mask=present, training=True)
+                predicts, next_words = language_model_targets(word_ids, layer.go_backwards)
+                losses.append(tf.reduce_mean(tf.nn.sampled_softmax_loss(
+                    weights, bias, next_words[:, None], tf.boolean_mask(states, predicts),
+                    sampled, vocabulary_size, seed=config.seed)))
+            loss = tf.add_n(losses) / len(losses)
+        # Dense gradients for the embedding: Adam then treats it as any other weight (with
+        # the sparse ones, Keras's Adam moves a word that occurs n times in a batch up to
+        # sqrt(n) times as far).
+        gradients = [tf.convert_to_tensor(gradient)
+                     for gradient in tape.gradient(loss, variables)]
+        optimizer.apply_gradients(zip(gradients, variables))
+        return loss
+
+    reviews = data.train.map(lambda review, _: review)
+    steps = int(reviews.cardinality())
+    epoch_losses = []
+    for epoch in range(config.pretrain_epochs):
+        print(f"[elman] {NAME}: language-model pretraining, epoch {epoch + 1}/"
+              f"{config.pretrain_epochs} (sampled softmax loss over {sampled} drawn words)")
+        progress = keras.utils.Progbar(steps if steps > 0 else None)
+        losses = []
+        for batch in reviews:
+            losses.append(float(train_step(batch)))
+            progress.add(1, [("loss", losses[-1])])
+        epoch_losses.append(float(np.mean(losses)))
+    if path is not None:
+        partial = path.with_name("partial-" + path.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.save_weights(partial)
+        partial.replace(path)
+    return epoch_losses
+
+
+def language_model_targets(word_ids, go_backwards=False):
+    """Which states of a language model predict which words: the state after word i (in
+    reading order) predicts word i + 1, where both are words, not padding.
+
+    Args:
+        word_ids: `(batch, time)` int, 0 for padding.
+        go_backwards: Boolean, whether the layer reads the sequence backwards; its states
+            then come in its reading order, last word first (as `keras.layers.RNN` returns them).
+
+    Returns:
+        `(predicts, next_words)`: `(batch, time)` bool, which states predict a word, and
+        `(predictions,)` int, those words in the order of the `True` entries of `predicts`.
+    """
+    ids = tf.reverse(word_ids, [1]) if go_backwards else word_ids
+    read = ids != 0
+    follows = read[:, :-1] & read[:, 1:]  # Word i and word i + 1 are both words.
+    predicts = tf.pad(follows, [[0, 0], [0, 1]])  # The last state predicts nothing.
+    return predicts, tf.boolean_mask(ids[:, 1:], follows)
 
 
 def export_signatures(model):
