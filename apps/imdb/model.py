@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from elman import text
+from elman.bptt import spectral_radius
 from elman.datasets.imdb import load_imdb
 from elman.layers import (AdversarialModel, ElmanCell, ElmanRNN, EmbeddingPerturbation,
                           StatePooling, WordDropout)
@@ -353,7 +354,7 @@ def build_model(config, data, recurrent_layer=None):
 PRETRAINED_WEIGHTS = "pretrained.weights.h5"
 # Words drawn per step for the sampled softmax (from a Zipf distribution over the vocabulary,
 # whose ids TextVectorization orders by frequency).
-_SAMPLED_WORDS = 1024
+_SAMPLED_WORDS = 256
 
 
 def pretrain(model, data, config, run_dir):
@@ -386,6 +387,12 @@ def pretrain(model, data, config, run_dir):
         print(f"[elman] {NAME}: language-model pretraining done before, weights from {path}")
         return None
     vectorize, embed = model.get_layer("vectorize"), model.get_layer("embed")
+    # The classifier's input noise: the language models learn under the word and embedding
+    # dropout the classifier trains with (and predict the true words), so that their states
+    # do not depend on every word being there.
+    word_dropout = model.get_layer("word_dropout")
+    embedding_dropout = next(layer for layer in model.layers
+                             if isinstance(layer, keras.layers.SpatialDropout1D))
     # The layer whose states the classifier pools: Bidirectional, or one direction.
     recurrent = next(layer for layer in model.layers
                      if isinstance(layer, (keras.layers.Bidirectional, keras.layers.RNN)))
@@ -412,7 +419,8 @@ def pretrain(model, data, config, run_dir):
         word_ids = vectorize(reviews)[:, :config.sequence_length]  # (batch, time)
         present = word_ids != 0
         with tf.GradientTape() as tape:
-            embedded = embed(word_ids)
+            embedded = embedding_dropout(embed(word_dropout(word_ids, training=True)),
+                                         training=True)
             losses = []
             for layer, (weights, bias) in zip(directions, softmaxes):
                 # (batch, time, units), in the layer's reading order.
@@ -442,6 +450,10 @@ def pretrain(model, data, config, run_dir):
             losses.append(float(train_step(batch)))
             progress.add(1, [("loss", losses[-1])])
         epoch_losses.append(float(np.mean(losses)))
+        radii = ", ".join(f"{spectral_radius(layer.cell.recurrent_kernel.numpy()):.2f}"
+                          for layer in directions if hasattr(layer.cell, "recurrent_kernel"))
+        print(f"[elman] {NAME}: language-model loss {epoch_losses[-1]:.3f}"
+              + (f"; spectral radius of W: {radii}" if radii else ""))
     if path is not None:
         partial = path.with_name("partial-" + path.name)
         path.parent.mkdir(parents=True, exist_ok=True)
