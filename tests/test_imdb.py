@@ -259,6 +259,25 @@ def test_pretraining_trains_the_encoder_as_a_language_model(data, tmp_path, refe
         np.testing.assert_array_equal(weight.numpy(), expected)
 
 
+def test_pretraining_can_bound_the_largest_singular_value_of_W(data):
+    config = dataclasses.replace(app.SMOKE, pretrain_epochs=2, learning_rate=0.05,
+                                 pretrain_max_singular_value=0.8)
+    keras.utils.set_random_seed(0)
+    model = app.build_model(config, data)
+    app.pretrain(model, data, config, None)
+    kernels = [weight.numpy() for weight in model.weights if "recurrent_kernel" in weight.path]
+    assert len(kernels) == 2
+    for kernel in kernels:
+        assert np.linalg.norm(kernel, 2) <= 0.8 + 1e-4
+    # Unbounded, the same pretraining takes them past it.
+    keras.utils.set_random_seed(0)
+    free = dataclasses.replace(config, pretrain_max_singular_value=0.0)
+    model = app.build_model(free, data)
+    app.pretrain(model, data, free, None)
+    assert max(np.linalg.norm(weight.numpy(), 2) for weight in model.weights
+               if "recurrent_kernel" in weight.path) > 1.0  # Orthogonal at first: 1.
+
+
 def test_training_counts_the_pretraining_time(tmp_path, data):
     config = dataclasses.replace(app.SMOKE, pretrain_epochs=1, epochs=1)
     training.train(app, config, tmp_path, data=data, verbose=0)
