@@ -90,7 +90,9 @@ class Config:
     # Language-model pretraining (Dai & Le, 2015): before the classifier trains, the embedding
     # and the recurrent layers learn for this many epochs to predict each next word of the
     # training reviews (the backward direction: each previous word), through a sampled softmax
-    # over the vocabulary; 0 skips it. Its time counts in the training time.
+    # over the vocabulary; 0 skips it. Its time counts in the training time (about 70 s an
+    # epoch on the full data). Measured with one epoch (README): 88.48% with
+    # pretrain_max_singular_value=1, 87.56% without, against 88.52% for the default (seed 1).
     pretrain_epochs: int = 0
     # With a positive value, pretraining keeps the largest singular value of each recurrent
     # weight W at most this (W is rescaled after each step): unconstrained, one epoch drives
@@ -101,6 +103,7 @@ class Config:
     # stars from its side's extreme (1 or 10) gets the target |label - rating_smoothing * d / 3|,
     # so a 4-star review pulls the model less hard toward 0 than a 1-star one. 0 trains on the
     # labels alone. Needs the ratings (the full data has them, the shipped sample does not).
+    # 0.3 gave 88.00% against 88.52% for the default (seed 1, README).
     rating_smoothing: float = 0.0
     # Keep "!" and "?" as words of their own instead of dropping them with the punctuation.
     keep_marks: bool = False
