@@ -3,7 +3,9 @@
 An app is a module with a small explicit contract (see `elman.apps.imdb.model`): `NAME`, a frozen
 dataclass `Config`, a `SMOKE` preset, `MONITOR`, `load_data(config)`,
 `build_model(config, data)`, `search_space(hp, config)`, `export_signatures(model)`,
-`prediction_request(inputs)` and `describe_prediction(inputs, outputs)`.
+`prediction_request(inputs)` and `describe_prediction(inputs, outputs)`; optionally
+`pretrain(model, data, config, run_dir)`, which training and the tuner's trials run before the
+fit.
 """
 
 import importlib

@@ -16,7 +16,7 @@ Text processing is part of the model, so the `.keras` file and the exported Save
 strings: empty reviews, megabyte-long ones, non-ASCII text and invalid UTF-8 bytes all give a
 probability. The app contract the shared core relies on: `NAME`, `Config`, `SMOKE`, `MONITOR`,
 `EXAMPLES`, `load_data`, `build_model`, `search_space`, `export_signatures`,
-`prediction_request` and `describe_prediction`.
+`prediction_request` and `describe_prediction`, and `pretrain` (language-model pretraining).
 """
 
 import dataclasses
@@ -244,7 +244,8 @@ def rating_targets(labels, ratings, smoothing):
 @keras.saving.register_keras_serializable(package="elman")
 def label_accuracy(y_true, y_pred):
     """Binary accuracy against the label on the target's side of 0.5, so that soft training
-    targets count as their label: `(batch,)` or `(batch, 1)`, `(batch, 1)` -> `(batch, 1)` of 0/1."""
+    targets count as their label: `(batch,)` or `(batch, 1)` and `(batch, 1)` -> `(batch, 1)`
+    of 0/1."""
     y_true = keras.ops.reshape(y_true, keras.ops.shape(y_pred))
     return keras.ops.cast(keras.ops.equal(y_true > 0.5, y_pred > 0.5), "float32")
 
@@ -373,10 +374,12 @@ def pretrain(model, data, config, run_dir):
     after word i predicts word i+1 in its reading order (the next word forward, the previous
     one backward) through a softmax of its own, sampled (Jean et al., 2015): the loss of a
     word is estimated from it and `_SAMPLED_WORDS` words drawn by frequency, not the whole
-    vocabulary. The softmax weights are dropped afterwards; the classifier starts from the
-    embedding and recurrent weights. They are saved to `run_dir/PRETRAINED_WEIGHTS`, which a
-    rerun of an interrupted training loads instead of pretraining again (with a run directory;
-    the tuner's trials keep nothing).
+    vocabulary. The inputs get the classifier's word and embedding dropout, and with
+    `config.pretrain_max_singular_value` W is rescaled after each step to keep its largest
+    singular value bounded. The softmax weights are dropped afterwards; the classifier starts
+    from the embedding and recurrent weights. They are saved to `run_dir/PRETRAINED_WEIGHTS`,
+    which a rerun of an interrupted training loads instead of pretraining again (with a run
+    directory; the tuner's trials keep nothing).
 
     Args:
         model: a model from `build_model`, with any recurrent layer that returns sequences.
