@@ -56,9 +56,26 @@ def test_sample_splits(data):
     assert data.vocabulary[:2] == ["", "[UNK]"] and len(data.vocabulary) == app.SMOKE.vocabulary_size
 
 
-def test_training_step_changes_every_weight(data):
-    model = app.build_model(app.SMOKE, data)
+@pytest.mark.parametrize("layers", [1, 2])
+def test_training_step_changes_every_weight(data, layers):
+    model = app.build_model(dataclasses.replace(app.SMOKE, recurrent_layers=layers), data)
+    recurrent = [layer for layer in model.layers if isinstance(layer, keras.layers.Bidirectional)]
+    assert len(recurrent) == layers
+    # Stacked, the second layer reads the first one's states in both directions.
+    assert recurrent[-1].forward_layer.cell.kernel.shape == (
+        (app.SMOKE.embedding_dim if layers == 1 else 2 * app.SMOKE.hidden_units),
+        app.SMOKE.hidden_units)
     app_checks.check_training_step_changes_every_weight(model, next(iter(data.train)))
+
+
+def test_stacked_reference_layers_are_fresh_copies(data):
+    config = dataclasses.replace(app.SMOKE, recurrent_layers=2)
+    model = app.build_model(config, data, recurrent_layer=keras.layers.SimpleRNN(
+        5, return_sequences=True, name="simple"))
+    first, second = [layer for layer in model.layers
+                     if isinstance(layer, keras.layers.Bidirectional)]
+    assert first.forward_layer is not second.forward_layer
+    assert second.forward_layer.cell.kernel.shape == (10, 5)
 
 
 def test_learning_rate_decays_along_a_cosine_and_survives_saving(data, tmp_path):

@@ -63,6 +63,9 @@ class Config:
     cooccurrence_embeddings: bool = False
     # Size of the Elman state s_t in each direction.
     hidden_units: int = 64
+    # Recurrent layers stacked, each reading the states of the one below (the first reads the
+    # words); the classifier pools the last one's states.
+    recurrent_layers: int = 1
     # f, the state activation of the cell.
     activation: str = "tanh"
     bidirectional: bool = True
@@ -328,12 +331,20 @@ def build_model(config, data, recurrent_layer=None):
     embedded = EmbeddingPerturbation(name="perturb")(embedded)
     # ElmanRNN runs the cell with only s_{t-1} W computed step by step (same results as
     # keras.layers.RNN(ElmanCell), faster).
-    recurrent = recurrent_layer or ElmanRNN(
-        ElmanCell(config.hidden_units, activation=config.activation), return_sequences=True,
-        name="elman")
-    if config.bidirectional:
-        recurrent = keras.layers.Bidirectional(recurrent, name="bidirectional_elman")
-    states = recurrent(embedded)  # (batch, time, directions * hidden_units)
+    states = embedded
+    for number in range(config.recurrent_layers):
+        suffix = "" if number == 0 else f"_{number + 1}"
+        if recurrent_layer is None:
+            recurrent = ElmanRNN(ElmanCell(config.hidden_units, activation=config.activation),
+                                 return_sequences=True, name="elman" + suffix)
+        else:  # A fresh copy for each layer.
+            recurrent = (recurrent_layer if number == 0 else recurrent_layer.__class__
+                         .from_config({**recurrent_layer.get_config(),
+                                       "name": recurrent_layer.name + suffix}))
+        if config.bidirectional:
+            recurrent = keras.layers.Bidirectional(recurrent,
+                                                   name="bidirectional_elman" + suffix)
+        states = recurrent(states)  # (batch, time, directions * hidden_units)
     pooled = StatePooling(name="pool")(states)
     pooled = keras.layers.Dropout(config.dropout)(pooled)
     probability = keras.layers.Dense(1, activation="sigmoid", name="probability")(pooled)
@@ -370,7 +381,9 @@ def pretrain(model, data, config, run_dir):
     """Pretrains the model's embedding and recurrent layers as language models, before the
     classifier trains (`config.pretrain_epochs` epochs over `data.train`; nothing if 0).
 
-    Each direction of the recurrent layer reads the review as in the classifier, and its state
+    Each direction of the recurrent layer that reads the words (the lowest one when layers are
+    stacked; the others are left to the classifier) reads the review as in the classifier, and
+    its state
     after word i predicts word i+1 in its reading order (the next word forward, the previous
     one backward) through a softmax of its own, sampled (Jean et al., 2015): the loss of a
     word is estimated from it and `_SAMPLED_WORDS` words drawn by frequency, not the whole
@@ -404,7 +417,8 @@ def pretrain(model, data, config, run_dir):
     word_dropout = model.get_layer("word_dropout")
     embedding_dropout = next(layer for layer in model.layers
                              if isinstance(layer, keras.layers.SpatialDropout1D))
-    # The layer whose states the classifier pools: Bidirectional, or one direction.
+    # The recurrent layer that reads the words (the lowest, when they are stacked):
+    # Bidirectional, or one direction.
     recurrent = next(layer for layer in model.layers
                      if isinstance(layer, (keras.layers.Bidirectional, keras.layers.RNN)))
     if isinstance(recurrent, keras.layers.Bidirectional):
