@@ -93,7 +93,7 @@ class Config:
     # Language-model pretraining (Dai & Le, 2015): before the classifier trains, the embedding
     # and the recurrent layers learn for this many epochs to predict each next word of the
     # training reviews (the backward direction: each previous word), through a sampled softmax
-    # over the vocabulary; 0 skips it. Its time counts in the training time (about 70 s an
+    # over the vocabulary; 0 skips it. Its time counts in the training time (70-100 s an
     # epoch on the full data). Measured with one epoch (README): 88.48% with
     # pretrain_max_singular_value=1, 87.56% without, against 88.52% for the default (seed 1).
     pretrain_epochs: int = 0
