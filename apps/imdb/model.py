@@ -64,7 +64,8 @@ class Config:
     # Size of the Elman state s_t in each direction.
     hidden_units: int = 64
     # Recurrent layers stacked, each reading the states of the one below (the first reads the
-    # words); the classifier pools the last one's states.
+    # words); the classifier pools the last one's states. 2 gave 88.58% in 18.3 min against
+    # 88.52% for the default (seed 1, README).
     recurrent_layers: int = 1
     # f, the state activation of the cell.
     activation: str = "tanh"
