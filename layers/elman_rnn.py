@@ -77,10 +77,8 @@ def _recurrence(inputs, U, b, initial_state, W, step_mask, activation):
         blocks, batch, units = shape[0] // block, shape[1], tf.shape(W)[0]
         # (blocks, block * batch, features): one 2-D product per block gives its x_t U.
         input_blocks = tf.reshape(inputs, [blocks, block * batch, shape[2]])
-        mask_blocks = keep_blocks = None
-        if step_mask is not None:
-            mask_blocks = tf.reshape(step_mask, [blocks, block, batch, 1])
-            keep_blocks = mask_blocks > 0
+        keep_blocks = (None if step_mask is None
+                       else tf.reshape(step_mask > 0, [blocks, block, batch, 1]))
 
         def forward(i, state, states):
             # Each block's steps are taken apart by one op (Unpack), not a slice per step, and a
@@ -132,14 +130,14 @@ def _recurrence(inputs, U, b, initial_state, W, step_mask, activation):
                 # d_state: dL/ds_t through the future, for the last step of block k.
                 k = blocks - 1 - i
                 d_outputs, block_factors = (tf.unstack(x[k], num=block) for x in blocked)
-                keep, keep_factors = (None, None) if mask_blocks is None else (
-                    tf.unstack(x[k], num=block) for x in (keep_blocks, mask_blocks))
+                keep = None if keep_blocks is None else tf.unstack(keep_blocks[k], num=block)
+                zero = tf.constant(0, d_state.dtype)
                 d_pre = [None] * block
                 for j in reversed(range(block)):
                     total = d_outputs[j] + d_state
                     d_pre[j] = times_derivative(total, block_factors[j])
                     if keep is not None:
-                        d_pre[j] = keep_factors[j] * d_pre[j]
+                        d_pre[j] = tf.where(keep[j], d_pre[j], zero)
                     d_state = tf.matmul(d_pre[j], W_transposed)
                     if keep is not None:
                         # A masked step passes the gradient through unchanged.

@@ -238,7 +238,7 @@ def rating_targets(labels, ratings, smoothing):
         raise ValueError(f"rating_smoothing must be in [0, 0.5), received {smoothing}")
     labels, ratings = np.asarray(labels), np.asarray(ratings)
     distance = np.where(labels == 1, 10 - ratings, ratings - 1)
-    if distance.size and not ((distance >= 0) & (distance <= 3)).all():
+    if not ((distance >= 0) & (distance <= 3)).all():
         wrong = sorted(set(ratings[(distance < 0) | (distance > 3)].tolist()))
         raise ValueError("ratings must be 1-4 for negative and 7-10 for positive reviews, "
                          f"received {wrong[:5]}")
@@ -327,7 +327,8 @@ def build_model(config, data, recurrent_layer=None):
     word_ids = WordDropout(config.word_dropout, seed=config.seed, name="word_dropout")(word_ids)
     embedded = keras.layers.Embedding(len(data.vocabulary), config.embedding_dim,
                                       mask_zero=True, name="embed")(word_ids)
-    embedded = keras.layers.SpatialDropout1D(config.embedding_dropout)(embedded)
+    embedded = keras.layers.SpatialDropout1D(config.embedding_dropout,
+                                             name="embedding_dropout")(embedded)
     # Where adversarial training perturbs the words; the identity otherwise.
     embedded = EmbeddingPerturbation(name="perturb")(embedded)
     # ElmanRNN runs the cell with only s_{t-1} W computed step by step (same results as
@@ -416,8 +417,7 @@ def pretrain(model, data, config, run_dir):
     # dropout the classifier trains with (and predict the true words), so that their states
     # do not depend on every word being there.
     word_dropout = model.get_layer("word_dropout")
-    embedding_dropout = next(layer for layer in model.layers
-                             if isinstance(layer, keras.layers.SpatialDropout1D))
+    embedding_dropout = model.get_layer("embedding_dropout")
     # The recurrent layer that reads the words (the lowest, when they are stacked):
     # Bidirectional, or one direction.
     recurrent = next(layer for layer in model.layers
