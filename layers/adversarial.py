@@ -51,8 +51,9 @@ class EmbeddingPerturbation(keras.layers.Layer):
 class AdversarialModel(keras.Model):
     """A functional model trained with adversarial perturbations of its embedded words.
 
-    Built like `keras.Model(inputs, outputs)` with one `EmbeddingPerturbation` layer after the
-    embedding. With `adversarial_epsilon=0` it trains exactly as `keras.Model`. Otherwise each
+    Built like `keras.Model(inputs, outputs)` with an `EmbeddingPerturbation` layer after the
+    embedding (one after each embedding, when there are several: each is perturbed along its
+    own gradient). With `adversarial_epsilon=0` it trains exactly as `keras.Model`. Otherwise each
     step computes, per example, `g = d loss / d embedded` and the perturbation
     `r = epsilon * ||embedded|| * g / ||g||` (norms over the example's words and channels, so
     epsilon is relative to the size of the example's embeddings), and minimizes
@@ -77,12 +78,12 @@ class AdversarialModel(keras.Model):
                              f"adversarial_epsilon={adversarial_epsilon}")
         self.adversarial_epsilon = float(adversarial_epsilon)
         self.adversarial_replay = bool(adversarial_replay)
-        points = [layer for layer in self._flatten_layers()
-                  if isinstance(layer, EmbeddingPerturbation)]
-        if self.adversarial_epsilon and len(points) != 1:
-            raise ValueError("AdversarialModel needs exactly one EmbeddingPerturbation layer "
-                             f"after its embedding, found {len(points)}")
-        self._perturbation_point = points[0] if points else None
+        # One per embedding: an ensemble's members each have theirs.
+        self._perturbation_points = [layer for layer in self._flatten_layers()
+                                     if isinstance(layer, EmbeddingPerturbation)]
+        if self.adversarial_epsilon and not self._perturbation_points:
+            raise ValueError("AdversarialModel needs an EmbeddingPerturbation layer after its "
+                             "embedding, found none")
 
     def get_config(self):
         return {**super().get_config(), "adversarial_epsilon": self.adversarial_epsilon,
@@ -92,7 +93,7 @@ class AdversarialModel(keras.Model):
         if not self.adversarial_epsilon:
             return super().train_step(data)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        point = self._perturbation_point
+        points = self._perturbation_points
         weights = self.trainable_weights
         try:
             # One backward pass of the clean batch gives both the weights' gradients and the
@@ -103,33 +104,38 @@ class AdversarialModel(keras.Model):
                 y_pred = self(x, training=True)
                 loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                          training=True)
-                embedded = point.last_input
+                embedded = [point.last_input for point in points]
                 scaled = self.optimizer.scale_loss(loss)
-            direction, *clean_gradients = tape.gradient(scaled, [embedded, *weights])
-            axes = list(range(1, len(embedded.shape)))
-            gradient_norm = ops.sqrt(ops.sum(ops.square(direction), axes, keepdims=True))
-            embedded_norm = ops.sqrt(ops.sum(ops.square(embedded), axes, keepdims=True))
-            point.perturbation = tf.stop_gradient(
-                self.adversarial_epsilon * embedded_norm * direction / (gradient_norm + 1e-12))
-            if self.adversarial_replay:
-                point.replay = tf.stop_gradient(embedded)
+            gradients = tape.gradient(scaled, [*embedded, *weights])
+            directions, clean_gradients = gradients[:len(points)], gradients[len(points):]
+            for point, words, direction in zip(points, embedded, directions):
+                axes = list(range(1, len(words.shape)))
+                gradient_norm = ops.sqrt(ops.sum(ops.square(direction), axes, keepdims=True))
+                embedded_norm = ops.sqrt(ops.sum(ops.square(words), axes, keepdims=True))
+                point.perturbation = tf.stop_gradient(
+                    self.adversarial_epsilon * embedded_norm * direction
+                    / (gradient_norm + 1e-12))
+                if self.adversarial_replay:
+                    point.replay = tf.stop_gradient(words)
             with tf.GradientTape() as adversarial_tape:
                 if self.adversarial_replay:
-                    adversarial_tape.watch(point.replay)
+                    adversarial_tape.watch([point.replay for point in points])
                 adversarial_pred = self(x, training=True)
                 adversarial_loss = self.compute_loss(x=x, y=y, y_pred=adversarial_pred,
                                                      sample_weight=sample_weight, training=True)
                 scaled = self.optimizer.scale_loss(adversarial_loss)
             if self.adversarial_replay:
-                d_embedded, *adversarial_gradients = adversarial_tape.gradient(
-                    scaled, [point.replay, *weights])
-                upstream = tape.gradient(embedded, weights, output_gradients=d_embedded)
+                gradients = adversarial_tape.gradient(
+                    scaled, [*(point.replay for point in points), *weights])
+                upstream = tape.gradient(embedded, weights,
+                                         output_gradients=gradients[:len(points)])
                 adversarial_gradients = [_add(after, before) for after, before
-                                         in zip(adversarial_gradients, upstream)]
+                                         in zip(gradients[len(points):], upstream)]
             else:
                 adversarial_gradients = adversarial_tape.gradient(scaled, weights)
         finally:
-            point.perturbation = point.last_input = point.replay = None
+            for point in points:
+                point.perturbation = point.last_input = point.replay = None
         gradients = [_add(clean, adversarial)
                      for clean, adversarial in zip(clean_gradients, adversarial_gradients)]
         self.optimizer.apply_gradients(zip(gradients, weights))

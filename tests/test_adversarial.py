@@ -119,7 +119,7 @@ def test_round_trip_keeps_epsilon_and_predictions(tmp_path):
 def test_bad_settings_are_clear():
     word_ids = keras.Input((None,), dtype="int32")
     output = keras.layers.Dense(1)(keras.layers.Embedding(5, 2)(word_ids))
-    with pytest.raises(ValueError, match="exactly one EmbeddingPerturbation"):
+    with pytest.raises(ValueError, match="needs an EmbeddingPerturbation layer"):
         AdversarialModel(word_ids, output, adversarial_epsilon=0.1)
     with pytest.raises(ValueError, match="adversarial_epsilon must be >= 0"):
         AdversarialModel(word_ids, output, adversarial_epsilon=-1.0)
