@@ -5,7 +5,7 @@ A run directory holds everything a run produces:
     config.json        the resolved config (`elman train --config` accepts it)
     command.txt        the command line that started the run
     backup/            BackupAndRestore's state: an interrupted run resumes from its last epoch
-    best.keras         the best model so far by the app's MONITOR
+    best.keras         the best model so far by the monitored metric (`monitor`)
     model.keras        the final model (the best weights when early stopping restored them)
     training.csv       one row of metrics per epoch (appended across resumes)
     tensorboard/       TensorBoard logs: `tensorboard --logdir RUN_DIR/tensorboard`
@@ -36,14 +36,21 @@ def write_run_record(run_dir, app, config, command=None):
     (run_dir / "command.txt").write_text(shlex.join(command or sys.argv) + "\n")
 
 
-def monitor_mode(app):
-    """`"min"` when the app's MONITOR is a loss, else `"max"`: the one rule for every callback,
-    the tuner's objective and the best epoch."""
-    return "min" if "loss" in app.MONITOR else "max"
+def monitor(app, config=None):
+    """The validation metric that checkpoints, early stopping, the best epoch and the tuner go
+    by: the config's `monitor` where the app's config has that field and it is set, else the
+    app's MONITOR."""
+    return getattr(config, "monitor", "") or app.MONITOR
+
+
+def monitor_mode(app, config=None):
+    """`"min"` when the monitored metric is a loss, else `"max"`: the one rule for every
+    callback, the tuner's objective and the best epoch."""
+    return "min" if "loss" in monitor(app, config) else "max"
 
 
 def _callbacks(app, config, run_dir, model):
-    monitor, mode = app.MONITOR, monitor_mode(app)
+    metric, mode = monitor(app, config), monitor_mode(app, config)
     # With an optimizer that keeps an exponential moving average of the weights (`use_ema`),
     # validation, the best checkpoint and early stopping see the averaged weights, and the
     # model keeps them at the end. Listed after BackupAndRestore, so that the backup holds the
@@ -53,9 +60,9 @@ def _callbacks(app, config, run_dir, model):
     return [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         *averaging,
-        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=monitor, mode=mode,
+        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=metric, mode=mode,
                                         save_best_only=True),
-        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=config.patience,
+        keras.callbacks.EarlyStopping(monitor=metric, mode=mode, patience=config.patience,
                                       restore_best_weights=True),
         keras.callbacks.CSVLogger(str(run_dir / "training.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard")),
@@ -132,8 +139,8 @@ def _fit_with_validation(app, config, run_dir, data, model, verbose, extra_callb
         _say_how_to_resume(run_dir / "backup")
         raise
     # Early stopping restored the best epoch's weights, so its metrics describe the model.
-    scores = history.history.get(app.MONITOR) or [0.0]
-    best = scores.index(min(scores) if monitor_mode(app) == "min" else max(scores))
+    scores = history.history.get(monitor(app, config)) or [0.0]
+    best = scores.index(min(scores) if monitor_mode(app, config) == "min" else max(scores))
     final = {key: float(values[best]) for key, values in history.history.items()}
     final.update(best_epoch=history.epoch[best] if history.epoch else None,
                  epochs_run=len(history.epoch), pretrain_seconds=pretrain_seconds,

@@ -12,7 +12,7 @@ import keras
 import keras_tuner
 
 from elman.config import save_config
-from elman.training import monitor_mode, write_run_record
+from elman.training import monitor, monitor_mode, write_run_record
 
 
 class AppHyperModel(keras_tuner.HyperModel):
@@ -53,20 +53,20 @@ def tune(app, config, run_dir, max_trials=10, executions_per_trial=1, data=None,
     keras.utils.set_random_seed(config.seed)
     if data is None:
         data = app.load_data(config)
-    mode = monitor_mode(app)
+    metric, mode = monitor(app, config), monitor_mode(app, config)
     tuner = keras_tuner.RandomSearch(
         AppHyperModel(app, config, data),
-        objective=keras_tuner.Objective(app.MONITOR, direction=mode),
+        objective=keras_tuner.Objective(metric, direction=mode),
         max_trials=max_trials, executions_per_trial=executions_per_trial, seed=config.seed,
         directory=str(run_dir), project_name="search", overwrite=False)
     tuner.search(data.train, validation_data=data.validation, epochs=config.epochs,
-                 callbacks=[keras.callbacks.EarlyStopping(app.MONITOR, mode=mode,
+                 callbacks=[keras.callbacks.EarlyStopping(metric, mode=mode,
                                                           patience=config.patience)],
                  verbose=verbose)
     best_trial = tuner.oracle.get_best_trials(1)[0]
     best_config = app.search_space(best_trial.hyperparameters, config)
     save_config(best_config, run_dir / "best_config.json", app.NAME,
-                trial=best_trial.trial_id, score=best_trial.score, monitor=app.MONITOR)
+                trial=best_trial.trial_id, score=best_trial.score, monitor=metric)
     trials = [{"trial": trial.trial_id, "status": str(trial.status), "score": trial.score,
                "values": trial.hyperparameters.values}
               for trial in tuner.oracle.trials.values()]

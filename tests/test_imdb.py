@@ -453,3 +453,75 @@ def test_demo_trains_exports_and_predicts(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "saved_models" / "imdb" / "1" / "saved_model.pb").is_file()
     assert printed.count("p(positive)=") == len(app.EXAMPLES)
     assert (tmp_path / "runs" / "imdb-demo" / "evaluation.json").is_file()
+
+
+# Length buckets and ensembles.
+
+@pytest.mark.parametrize("buckets", [0, 4, 8])
+def test_length_buckets_batch_similar_reviews_and_keep_every_one(buckets):
+    # The sample's reviews have up to 296 words (the full data's, up to 2,470), so buckets save
+    # less than the 2.8 times of the full data.
+    plain_config = dataclasses.replace(app.SMOKE, sequence_length=300, batch_size=8)
+    config = dataclasses.replace(plain_config, length_buckets=buckets)
+    data, plain = app.load_data(config), app.load_data(plain_config)
+    for split in ("train", "validation", "test"):
+        batches = list(getattr(data, split))
+        assert len(batches) == int(getattr(data, split).cardinality())
+        reviews = sorted(review for texts, _ in batches for review in texts.numpy().tolist())
+        assert reviews == sorted(review for texts, _ in getattr(plain, split)
+                                 for review in texts.numpy().tolist())
+        assert all(len(texts) <= config.batch_size for texts, _ in batches)
+    # The steps the recurrent layers run, summed over the batches: buckets cut them.
+    def padded(dataset):
+        return sum(min(300, int(tf.reduce_max(tf.strings.split(texts).row_lengths())))
+                   * len(texts) for texts, _ in dataset)
+    if buckets:
+        assert padded(data.train) < 0.9 * padded(plain.train)
+    else:
+        assert padded(data.train) == padded(plain.train)
+
+
+def test_an_ensemble_serves_the_mean_of_members_that_train_apart(data, tmp_path):
+    config = dataclasses.replace(app.SMOKE, ensemble_members=3)
+    keras.utils.set_random_seed(0)
+    model = app.build_model(config, data)
+    assert model.count_params() == 3 * app.build_model(app.SMOKE, data).count_params()
+    app_checks.check_training_step_changes_every_weight(model, next(iter(data.train)))
+    reviews = _reviews(data)
+    members = [keras.Model(model.input, model.get_layer(name).output).predict(reviews, verbose=0)
+               for name in ("probability", "probability_member_2", "probability_member_3")]
+    assert not np.allclose(members[0], members[1])  # Their own weights and draws.
+    np.testing.assert_allclose(model.predict(reviews, verbose=0), np.mean(members, axis=0),
+                               rtol=1e-5)
+    history = model.fit(data.train, validation_data=data.validation, epochs=1, verbose=0)
+    assert 0 <= history.history["accuracy"][0] <= 1
+    app_checks.check_keras_round_trip(model, reviews, tmp_path)
+    outputs = app.export_signatures(model)["serving_default"](reviews)
+    assert outputs["probability"].shape == (len(reviews),)
+    with pytest.raises(ValueError, match="pretrain_epochs works with one model"):
+        app.pretrain(model, data, dataclasses.replace(config, pretrain_epochs=1), None)
+    with pytest.raises(ValueError, match="ensemble_members must be at least 1"):
+        app.build_model(dataclasses.replace(config, ensemble_members=0), data)
+
+
+def test_monitor_chooses_the_validation_metric_of_the_best_epoch(tmp_path, data):
+    config = dataclasses.replace(app.SMOKE, epochs=4, patience=4, monitor="val_loss",
+                                 learning_rate=0.01)
+    model, history = training.train(app, config, tmp_path, data=data, verbose=0)
+    losses = history.history["val_loss"]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["best_epoch"] == int(np.argmin(losses))
+    assert metrics["val_loss"] == pytest.approx(min(losses))
+    # The final model is the best epoch's by the loss, whatever the accuracy said.
+    validation = model.evaluate(data.validation, return_dict=True, verbose=0)
+    assert validation["loss"] == pytest.approx(min(losses), rel=1e-4)
+    for chosen, expected in ((config, ("val_loss", "min")), (app.SMOKE, ("val_accuracy", "max"))):
+        callbacks = training._callbacks(app, chosen, tmp_path, model)
+        stopping = next(callback for callback in callbacks
+                        if isinstance(callback, keras.callbacks.EarlyStopping))
+        checkpoint = next(callback for callback in callbacks
+                          if isinstance(callback, keras.callbacks.ModelCheckpoint))
+        assert (stopping.monitor, checkpoint.monitor) == (expected[0], expected[0])
+        assert (stopping.mode, checkpoint.mode) == (expected[1], expected[1])
+    with pytest.raises(ValueError, match='monitor must be "val_accuracy", "val_loss"'):
+        app.build_model(dataclasses.replace(app.SMOKE, monitor="accuracy"), data)

@@ -30,10 +30,12 @@ from elman import text
 from elman.bptt import spectral_radius
 from elman.datasets.imdb import load_imdb
 from elman.layers import (AdversarialModel, ElmanCell, ElmanRNN, EmbeddingPerturbation,
-                          StatePooling, WordDropout)
+                          EnsembleAverage, StatePooling, WordDropout,
+                          ensemble_binary_crossentropy)
 
 NAME = "imdb"
-# The metric that checkpoints, early stopping and the tuner maximize.
+# The metric that checkpoints, early stopping and the tuner maximize (`Config.monitor` can
+# choose the validation loss instead).
 MONITOR = "val_accuracy"
 LABELS = ("negative", "positive")
 # What `elman demo` shows the exported model.
@@ -109,16 +111,30 @@ class Config:
     # labels alone. Needs the ratings (the full data has them, the shipped sample does not).
     # 0.3 gave 88.00% against 88.52% for the default (seed 1, README).
     rating_smoothing: float = 0.0
+    # Members of an ensemble trained side by side in one model, each on its own loss, from
+    # its own initial weights and dropout draws; the model serves the mean of their
+    # probabilities (`EnsembleAverage`). Each member costs the time of one model.
+    ensemble_members: int = 1
     # Keep "!" and "?" as words of their own instead of dropping them with the punctuation.
     keep_marks: bool = False
     batch_size: int = 64
+    # Batch reviews of similar length together, in this many groups by word count (see
+    # `batch_by_length`); 0 or 1 batches them in random order, each batch padded to its
+    # longest review.
+    length_buckets: int = 0
     epochs: int = 8
     # After early stopping has chosen the number of epochs on the validation split, train a
     # fresh model on all training reviews (validation included) for that many epochs: it
     # becomes the final model. Doubles the training time.
     refit: bool = False
-    # Epochs without improvement of MONITOR before early stopping.
+    # Epochs without improvement of the monitored metric before early stopping.
     patience: int = 2
+    # What checkpoints, early stopping and the tuner go by: "val_accuracy" or "val_loss";
+    # empty: MONITOR (validation accuracy). On 2,500 validation reviews accuracy moves in
+    # steps of 0.04 points around a noise of 0.7, and the loss, which reads how sure each
+    # answer is, ranks epochs more steadily: with ensemble_members=3 accuracy picked the
+    # second epoch (88.48% test accuracy) and the loss the third (88.86%; seed 1, README).
+    monitor: str = ""
     seed: int = 0
 
 
@@ -248,9 +264,9 @@ def rating_targets(labels, ratings, smoothing):
 @keras.saving.register_keras_serializable(package="elman")
 def label_accuracy(y_true, y_pred):
     """Binary accuracy against the label on the target's side of 0.5, so that soft training
-    targets count as their label: `(batch,)` or `(batch, 1)` and `(batch, 1)` -> `(batch, 1)`
-    of 0/1."""
-    y_true = keras.ops.reshape(y_true, keras.ops.shape(y_pred))
+    targets count as their label: `(batch,)` or `(batch, 1)` and `(batch, columns)` ->
+    `(batch, columns)` of 0/1 (in training, an ensemble's columns are its members)."""
+    y_true = keras.ops.reshape(y_true, (-1, 1))
     return keras.ops.cast(keras.ops.equal(y_true > 0.5, y_pred > 0.5), "float32")
 
 
@@ -275,11 +291,13 @@ def load_data(config):
     vectorizer.adapt(train_text_batches)
 
     def dataset(texts, labels, shuffle):
-        data = tf.data.Dataset.from_tensor_slices((tf.constant(texts, tf.string),
-                                                   labels.astype("float32")))
+        texts = tf.constant(texts, tf.string)
+        data = tf.data.Dataset.from_tensor_slices((texts, labels.astype("float32")))
         if shuffle:
-            data = data.shuffle(len(texts), seed=config.seed, reshuffle_each_iteration=True)
-        return data.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+            data = data.shuffle(len(labels), seed=config.seed, reshuffle_each_iteration=True)
+        word_counts = (tf.strings.split(texts).row_lengths().numpy()
+                       if config.length_buckets >= 2 else None)
+        return batch_by_length(data, word_counts, config).prefetch(tf.data.AUTOTUNE)
 
     return Data(
         train=dataset(train_texts, targets[train_index], shuffle=True),
@@ -291,6 +309,44 @@ def load_data(config):
         word_vectors=(_word_vectors(vectorizer, train_text_batches, config)
                       if config.cooccurrence_embeddings else None),
     )
+
+
+def batch_by_length(reviews, word_counts, config):
+    """Batches `(review, label)` pairs, with reviews of similar length together when
+    `config.length_buckets` >= 2.
+
+    A batch is padded to its longest review, and the recurrent layers run every step of it:
+    a random batch of 64 full-data reviews is padded to 769 words on average (most are cut at
+    800), while its reviews have 231 on average. Grouping the reviews by word count at
+    `length_buckets - 1` boundaries spread geometrically up to `sequence_length` (the words
+    between spaces, before standardization: an estimate), and batching each group alone,
+    runs 2.8 times fewer steps with 8 buckets. Shuffled input stays shuffled within each group.
+
+    Args:
+        reviews: a `tf.data.Dataset` of `(review, label)` pairs, not batched.
+        word_counts: `(reviews,)` int, the words of each review as `tf.strings.split` counts
+            them (None without buckets): they fix the number of batches, which the dataset then reports as its
+            cardinality (for progress bars and learning-rate schedules).
+        config: the `Config`.
+
+    Returns:
+        The batched dataset.
+    """
+    if config.length_buckets < 2:
+        return reviews.batch(config.batch_size)
+    boundaries = np.unique(np.round(np.geomspace(
+        config.sequence_length / 12, config.sequence_length, config.length_buckets)[:-1]))
+    boundaries = [int(boundary) for boundary in boundaries if boundary >= 1]
+    group_sizes = np.bincount(np.searchsorted(boundaries, word_counts, side="right"),
+                              minlength=len(boundaries) + 1)
+    batches = int(np.sum(-(-group_sizes // config.batch_size)))
+
+    def words(review, label):
+        return tf.size(tf.strings.split(review))
+
+    return reviews.bucket_by_sequence_length(
+        words, boundaries, [config.batch_size] * (len(boundaries) + 1)).apply(
+            tf.data.experimental.assert_cardinality(batches))
 
 
 def _word_vectors(vectorizer, text_batches, config):
@@ -324,37 +380,24 @@ def build_model(config, data, recurrent_layer=None):
     word_ids = _vectorizer(config, data.vocabulary)(review)  # (batch, longest review)
     # One padding id more keeps at least one (masked) step when every review is empty.
     word_ids = keras.ops.pad(word_ids, [[0, 0], [0, 1]])[:, :config.sequence_length]
-    word_ids = WordDropout(config.word_dropout, seed=config.seed, name="word_dropout")(word_ids)
-    embedded = keras.layers.Embedding(len(data.vocabulary), config.embedding_dim,
-                                      mask_zero=True, name="embed")(word_ids)
-    embedded = keras.layers.SpatialDropout1D(config.embedding_dropout,
-                                             name="embedding_dropout")(embedded)
-    # Where adversarial training perturbs the words; the identity otherwise.
-    embedded = EmbeddingPerturbation(name="perturb")(embedded)
-    # ElmanRNN runs the cell with only s_{t-1} W computed step by step (same results as
-    # keras.layers.RNN(ElmanCell), faster).
-    states = embedded
-    for number in range(config.recurrent_layers):
-        suffix = "" if number == 0 else f"_{number + 1}"
-        if recurrent_layer is None:
-            recurrent = ElmanRNN(ElmanCell(config.hidden_units, activation=config.activation),
-                                 return_sequences=True, name="elman" + suffix)
-        else:  # A fresh copy for each layer.
-            recurrent = (recurrent_layer if number == 0 else recurrent_layer.__class__
-                         .from_config({**recurrent_layer.get_config(),
-                                       "name": recurrent_layer.name + suffix}))
-        if config.bidirectional:
-            recurrent = keras.layers.Bidirectional(recurrent,
-                                                   name="bidirectional_elman" + suffix)
-        states = recurrent(states)  # (batch, time, directions * hidden_units)
-    pooled = StatePooling(name="pool")(states)
-    pooled = keras.layers.Dropout(config.dropout)(pooled)
-    probability = keras.layers.Dense(1, activation="sigmoid", name="probability")(pooled)
+    if config.monitor not in ("", "val_accuracy", "val_loss"):
+        raise ValueError('monitor must be "val_accuracy", "val_loss" or empty (MONITOR), '
+                         f"received monitor={config.monitor!r}")
+    if config.ensemble_members < 1:
+        raise ValueError("ensemble_members must be at least 1, received "
+                         f"ensemble_members={config.ensemble_members}")
+    probabilities = [_member(config, data, word_ids, recurrent_layer, number)
+                     for number in range(config.ensemble_members)]
+    if len(probabilities) == 1:
+        probability = probabilities[0]
+    else:  # The mean at inference; each member's probability in training.
+        probability = EnsembleAverage(name="ensemble")(probabilities)
     model = AdversarialModel(review, probability, name="imdb_elman",
                              adversarial_epsilon=config.adversarial_epsilon,
                              adversarial_replay=config.adversarial_replay)
     if data.word_vectors is not None:
-        model.get_layer("embed").set_weights([data.word_vectors])
+        for number in range(config.ensemble_members):
+            model.get_layer("embed" + _member_suffix(number)).set_weights([data.word_vectors])
     learning_rate = config.learning_rate
     if config.learning_rate_decay_epochs > 0:
         steps_per_epoch = int(data.train.cardinality())
@@ -366,9 +409,51 @@ def build_model(config, data, recurrent_layer=None):
     optimizer = keras.optimizers.Adam(learning_rate, clipnorm=config.clipnorm or None,
                                       use_ema=config.ema_momentum > 0,
                                       ema_momentum=config.ema_momentum or 0.99)
-    model.compile(optimizer, loss="binary_crossentropy",
+    # With several members, each trains on its own cross-entropy (see EnsembleAverage).
+    loss = ("binary_crossentropy" if config.ensemble_members == 1
+            else ensemble_binary_crossentropy)
+    model.compile(optimizer, loss=loss,
                   metrics=[keras.metrics.MeanMetricWrapper(label_accuracy, name="accuracy")])
     return model
+
+
+def _member_suffix(number):
+    """The suffix of the names of an ensemble member's layers: none for the first member."""
+    return "" if number == 0 else f"_member_{number + 1}"
+
+
+def _member(config, data, word_ids, recurrent_layer, number):
+    """One classifier of the ensemble, with weights of its own: `(batch, time)` word ids ->
+    `(batch, 1)` P(positive). Members differ by their initial weights and dropout draws."""
+    suffix = _member_suffix(number)
+    word_ids = WordDropout(config.word_dropout, seed=config.seed + 1000 * number,
+                           name="word_dropout" + suffix)(word_ids)
+    embedded = keras.layers.Embedding(len(data.vocabulary), config.embedding_dim,
+                                      mask_zero=True, name="embed" + suffix)(word_ids)
+    embedded = keras.layers.SpatialDropout1D(config.embedding_dropout,
+                                             name="embedding_dropout" + suffix)(embedded)
+    # Where adversarial training perturbs the words; the identity otherwise.
+    embedded = EmbeddingPerturbation(name="perturb" + suffix)(embedded)
+    # ElmanRNN runs the cell with only s_{t-1} W computed step by step (same results as
+    # keras.layers.RNN(ElmanCell), faster).
+    states = embedded
+    for layer_number in range(config.recurrent_layers):
+        layer_suffix = ("" if layer_number == 0 else f"_{layer_number + 1}") + suffix
+        if recurrent_layer is None:
+            recurrent = ElmanRNN(ElmanCell(config.hidden_units, activation=config.activation),
+                                 return_sequences=True, name="elman" + layer_suffix)
+        elif layer_number == 0 and number == 0:
+            recurrent = recurrent_layer
+        else:  # A fresh copy for each layer and member.
+            recurrent = recurrent_layer.__class__.from_config(
+                {**recurrent_layer.get_config(), "name": recurrent_layer.name + layer_suffix})
+        if config.bidirectional:
+            recurrent = keras.layers.Bidirectional(recurrent,
+                                                   name="bidirectional_elman" + layer_suffix)
+        states = recurrent(states)  # (batch, time, directions * hidden_units)
+    pooled = StatePooling(name="pool" + suffix)(states)
+    pooled = keras.layers.Dropout(config.dropout, name="dropout" + suffix)(pooled)
+    return keras.layers.Dense(1, activation="sigmoid", name="probability" + suffix)(pooled)
 
 
 # Where `pretrain` keeps its result in the run directory: a rerun after an interruption starts
@@ -407,6 +492,10 @@ def pretrain(model, data, config, run_dir):
     """
     if config.pretrain_epochs <= 0:
         return None
+    if config.ensemble_members > 1:
+        raise ValueError("pretrain_epochs works with one model, received ensemble_members="
+                         f"{config.ensemble_members}: set pretrain_epochs=0 or "
+                         "ensemble_members=1")
     path = None if run_dir is None else Path(run_dir) / PRETRAINED_WEIGHTS
     if path is not None and path.is_file():
         model.load_weights(path)
