@@ -113,14 +113,17 @@ class Config:
     rating_smoothing: float = 0.0
     # Members of an ensemble trained side by side in one model, each on its own loss, from
     # its own initial weights and dropout draws; the model serves the mean of their
-    # probabilities (`EnsembleAverage`). Each member costs the time of one model.
+    # probabilities (`EnsembleAverage`). Each member costs the time of one model, in training
+    # and in serving. 3 members with length_buckets=8 and monitor=val_loss: 88.85% over three
+    # seeds in 11 min, against 88.77% for the default (README).
     ensemble_members: int = 1
     # Keep "!" and "?" as words of their own instead of dropping them with the punctuation.
     keep_marks: bool = False
     batch_size: int = 64
     # Batch reviews of similar length together, in this many groups by word count (see
     # `batch_by_length`); 0 or 1 batches them in random order, each batch padded to its
-    # longest review.
+    # longest review. 8 buckets: 88.46% in 6.4 min against 88.57% in 10.2 min without them
+    # (seed 1, README).
     length_buckets: int = 0
     epochs: int = 8
     # After early stopping has chosen the number of epochs on the validation split, train a
