@@ -80,6 +80,12 @@ class Config:
     # its own prediction with a probability that rises linearly from 0 to 1, else the true
     # frame. 0: rollouts from the first step. Validation always rolls out.
     rollout_ramp_epochs: int = 0
+    # The weight of a structural term beside the per-pixel cross-entropy: the loss becomes
+    # `cross-entropy + ssim_loss_weight * (1 - SSIM)`, SSIM averaged over the predicted frames
+    # (`FrameLoss`). Pixel losses reward the blurred mean of the futures the model cannot tell
+    # apart; SSIM compares local structure and contrast, which blur destroys. 0: cross-entropy
+    # alone.
+    ssim_loss_weight: float = 0.0
     batch_size: int = 32
     epochs: int = 25
     patience: int = 3
@@ -273,8 +279,45 @@ def build_model(config, data=None, recurrent_layer=None):
                          ramp_steps=config.rollout_ramp_epochs * steps_per_epoch,
                          seed=config.seed)
     optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
-    model.compile(optimizer, loss="binary_crossentropy", metrics=["mse", "mae"])
+    loss = (FrameLoss(config.ssim_loss_weight) if config.ssim_loss_weight
+            else "binary_crossentropy")
+    model.compile(optimizer, loss=loss, metrics=["mse", "mae"])
     return model
+
+
+@keras.saving.register_keras_serializable(package="elman")
+class FrameLoss(keras.losses.Loss):
+    """Per-pixel binary cross-entropy plus `ssim_weight * (1 - SSIM)`, per frame.
+
+    Args:
+        ssim_weight: float >= 0, the weight of the SSIM term (`tf.image.ssim`, 11x11 Gaussian
+            windows, pixel values in [0, 1]).
+
+    Call arguments:
+        y_true: `(batch, time, height, width, 1)` true frames in [0, 1].
+        y_pred: the predicted frames, same shape.
+
+    Returns:
+        `(batch, time)` losses, reduced by Keras to their mean.
+    """
+
+    def __init__(self, ssim_weight=0.0, name="frame_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if ssim_weight < 0:
+            raise ValueError(f"ssim_weight must be >= 0, received ssim_weight={ssim_weight}")
+        self.ssim_weight = float(ssim_weight)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, y_pred.dtype)
+        # (batch, time): the mean over the pixels of each frame.
+        crossentropy = ops.mean(ops.binary_crossentropy(y_true, y_pred), axis=(-3, -2, -1))
+        if not self.ssim_weight:
+            return crossentropy
+        return crossentropy + self.ssim_weight * (1.0 - tf.image.ssim(y_true, y_pred,
+                                                                        max_val=1.0))
+
+    def get_config(self):
+        return {**super().get_config(), "ssim_weight": self.ssim_weight}
 
 
 def _parts(model):
