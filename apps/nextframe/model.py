@@ -84,7 +84,8 @@ class Config:
     # `cross-entropy + ssim_loss_weight * (1 - SSIM)`, SSIM averaged over the predicted frames
     # (`FrameLoss`). Pixel losses reward the blurred mean of the futures the model cannot tell
     # apart; SSIM compares local structure and contrast, which blur destroys. 0: cross-entropy
-    # alone.
+    # alone. 0.5 (teacher forcing, 10 epochs) gave MSE 167.8 / SSIM 0.703 against 145.1 /
+    # 0.711 without it, at twice the time per step (README).
     ssim_loss_weight: float = 0.0
     batch_size: int = 32
     epochs: int = 25
