@@ -12,6 +12,9 @@ The model reads a review word by word with Elman cells in both directions and po
       -> StatePooling: max and mean of s_t over the review's words         # (batch, 4 * hidden_units)
       -> Dense(1, sigmoid): P(positive)                                    # (batch, 1)
 
+With `ensemble_members` > 1, everything after TextVectorization is built once per member, with
+weights of its own, and `EnsembleAverage` serves the mean of the members' probabilities.
+
 Text processing is part of the model, so the `.keras` file and the exported SavedModel take raw
 strings: empty reviews, megabyte-long ones, non-ASCII text and invalid UTF-8 bytes all give a
 probability. The app contract the shared core relies on: `NAME`, `Config`, `SMOKE`, `MONITOR`,
