@@ -331,8 +331,8 @@ def batch_by_length(reviews, word_counts, config):
     Args:
         reviews: a `tf.data.Dataset` of `(review, label)` pairs, not batched.
         word_counts: `(reviews,)` int, the words of each review as `tf.strings.split` counts
-            them (None without buckets): they fix the number of batches, which the dataset then reports as its
-            cardinality (for progress bars and learning-rate schedules).
+            them (None without buckets): they fix the number of batches, which the dataset
+            then reports as its cardinality (for progress bars and learning-rate schedules).
         config: the `Config`.
 
     Returns:
@@ -476,10 +476,9 @@ def pretrain(model, data, config, run_dir):
 
     Each direction of the recurrent layer that reads the words (the lowest one when layers are
     stacked; the others are left to the classifier) reads the review as in the classifier, and
-    its state
-    after word i predicts word i+1 in its reading order (the next word forward, the previous
-    one backward) through a softmax of its own, sampled (Jean et al., 2015): the loss of a
-    word is estimated from it and `_SAMPLED_WORDS` words drawn by frequency, not the whole
+    its state after word i predicts word i+1 in its reading order (the next word forward, the
+    previous one backward) through a softmax of its own, sampled (Jean et al., 2015): the loss
+    of a word is estimated from it and `_SAMPLED_WORDS` words drawn by frequency, not the whole
     vocabulary. The inputs get the classifier's word and embedding dropout, and with
     `config.pretrain_max_singular_value` W is rescaled after each step to keep its largest
     singular value bounded. The softmax weights are dropped afterwards; the classifier starts
