@@ -10,6 +10,8 @@ A run directory holds everything a run produces:
     training.csv       one row of metrics per epoch (appended across resumes)
     tensorboard/       TensorBoard logs: `tensorboard --logdir RUN_DIR/tensorboard`
     metrics.json       the metrics of the best epoch (the weights saved), epochs run, time
+                       (an app callback that replaced the weights after the fit, such as
+                       `MemberSelection`, writes the figures of the model it left)
     refit.csv          with `refit` set: the epochs of the fresh model trained on training +
                        validation data for the best epoch's count (it becomes model.keras)
     evaluation.json    the test metrics written by `elman evaluate`
@@ -74,6 +76,9 @@ def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbo
     """Trains `app` with `config`, writing everything into `run_dir`.
 
     Running the same command again after an interruption resumes from the last completed epoch.
+    An app may define `pretrain(model, data, config, run_dir)` (run before the fit, its time
+    counted in the training time) and `training_callbacks(model, data, config, run_dir)` (more
+    Keras callbacks for the fit on the training split, listed after the core's).
 
     Args:
         app: the app module.
@@ -129,11 +134,16 @@ def _fit_with_validation(app, config, run_dir, data, model, verbose, extra_callb
     returns the best epoch's metrics: `(history, metrics)`, whose `training_seconds` include
     `pretrain_seconds`."""
     started = time.perf_counter()
+    # An app's own callbacks come after the core's, so that their `on_train_end` sees the
+    # weights early stopping restored (and may replace them, as ensemble member selection does).
+    app_callbacks = (list(app.training_callbacks(model, data, config, run_dir))
+                     if hasattr(app, "training_callbacks") else [])
     try:
         history = model.fit(
             data.train, validation_data=data.validation, epochs=config.epochs,
             shuffle=False,  # The app's tf.data pipeline shuffles.
-            callbacks=[*_callbacks(app, config, run_dir, model), *extra_callbacks],
+            callbacks=[*_callbacks(app, config, run_dir, model), *app_callbacks,
+                       *extra_callbacks],
             verbose=verbose)
     except KeyboardInterrupt:
         _say_how_to_resume(run_dir / "backup")
@@ -145,6 +155,9 @@ def _fit_with_validation(app, config, run_dir, data, model, verbose, extra_callb
     final.update(best_epoch=history.epoch[best] if history.epoch else None,
                  epochs_run=len(history.epoch), pretrain_seconds=pretrain_seconds,
                  training_seconds=time.perf_counter() - started + pretrain_seconds)
+    # A callback that changed the weights after the fit describes the model it left instead.
+    for callback in app_callbacks:
+        final.update(getattr(callback, "final_metrics", None) or {})
     _write_metrics(run_dir, final)
     return history, final
 

@@ -504,6 +504,24 @@ def test_an_ensemble_serves_the_mean_of_members_that_train_apart(data, tmp_path)
         app.build_model(dataclasses.replace(config, ensemble_members=0), data)
 
 
+def test_member_selection_leaves_the_model_its_metrics_describe(tmp_path, data):
+    config = dataclasses.replace(app.SMOKE, ensemble_members=2, member_selection=True,
+                                 epochs=3, patience=3, monitor="val_loss", learning_rate=0.01)
+    model, _ = training.train(app, config, tmp_path, data=data, verbose=0)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(metrics["member_epochs"]) == 2
+    assert all(0 <= epoch < 3 for epoch in metrics["member_epochs"])
+    assert not (tmp_path / app.MEMBER_WEIGHTS).exists()
+    # The saved model is the selected members' ensemble, whose validation figures metrics.json
+    # holds (not those of the epoch where the average scored best).
+    saved = keras.saving.load_model(tmp_path / "model.keras")
+    validation = saved.evaluate(data.validation, return_dict=True, verbose=0)
+    assert validation["loss"] == pytest.approx(metrics["val_loss"], rel=1e-4)
+    assert validation["accuracy"] == pytest.approx(metrics["val_accuracy"])
+    with pytest.raises(ValueError, match="member_selection chooses an epoch for each member"):
+        app.build_model(dataclasses.replace(app.SMOKE, member_selection=True), data)
+
+
 def test_monitor_chooses_the_validation_metric_of_the_best_epoch(tmp_path, data):
     config = dataclasses.replace(app.SMOKE, epochs=4, patience=4, monitor="val_loss",
                                  learning_rate=0.01)
