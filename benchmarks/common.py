@@ -49,8 +49,14 @@ def run_models(app, config, models, args, figures):
         # train() records the wall time of fit() and the epochs run beside the run.
         record = json.loads((run_dir / "metrics.json").read_text())
         results[name] = {**figures(metrics), "train_minutes": record["training_seconds"] / 60,
-                         "epochs": record["epochs_run"], "parameters": model.count_params()}
+                         "epochs": record["epochs_run"],
+                         # 1-based, as Keras's progress bar counts epochs.
+                         "best_epoch": (record["best_epoch"] or 0) + 1,
+                         "parameters": model.count_params()}
         print(f"{name}: {results[name]}", flush=True)
+        if "member_epochs" in record:  # Each ensemble member's own epoch (MemberSelection).
+            print(f"{name}: members' best epochs "
+                  f"{[epoch + 1 for epoch in record['member_epochs']]}", flush=True)
     columns = list(next(iter(results.values()), {}))
     widths = [max(12, len(column) + 2) for column in columns]
     print("\n" + "model".ljust(20) + "".join(c.rjust(w) for c, w in zip(columns, widths)))

@@ -1,9 +1,12 @@
 """The IMDB app on its shipped sample: shared checks, robustness, data sources, CLI verbs."""
 
+import argparse
 import csv
 import dataclasses
 import gzip
+import importlib
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -520,6 +523,22 @@ def test_member_selection_leaves_the_model_its_metrics_describe(tmp_path, data):
     assert validation["accuracy"] == pytest.approx(metrics["val_accuracy"])
     with pytest.raises(ValueError, match="member_selection chooses an epoch for each member"):
         app.build_model(dataclasses.replace(app.SMOKE, member_selection=True), data)
+
+
+def test_benchmark_reports_the_best_epoch_and_each_members_epoch(tmp_path, capsys,
+                                                                 monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    common = importlib.import_module("common")
+    config = dataclasses.replace(app.SMOKE, ensemble_members=2, member_selection=True)
+    args = argparse.Namespace(only=["elman"], runs_dir=tmp_path)
+    results = common.run_models(app, config, {"elman": None, "other": None}, args,
+                                lambda metrics: {"test_accuracy": metrics["accuracy"]})
+    assert list(results) == ["elman"]
+    record = json.loads((tmp_path / "elman" / "metrics.json").read_text())
+    assert results["elman"]["best_epoch"] == record["best_epoch"] + 1
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+    members = [epoch + 1 for epoch in record["member_epochs"]]
+    assert f"elman: members' best epochs {members}" in capsys.readouterr().out
 
 
 def test_monitor_chooses_the_validation_metric_of_the_best_epoch(tmp_path, data):
