@@ -523,6 +523,8 @@ def test_member_selection_leaves_the_model_its_metrics_describe(tmp_path, data):
     assert validation["accuracy"] == pytest.approx(metrics["val_accuracy"])
     with pytest.raises(ValueError, match="member_selection chooses an epoch for each member"):
         app.build_model(dataclasses.replace(app.SMOKE, member_selection=True), data)
+    with pytest.raises(ValueError, match="set member_selection=false or refit=false"):
+        app.build_model(dataclasses.replace(config, refit=True), data)
 
 
 def test_benchmark_reports_the_best_epoch_and_each_members_epoch(tmp_path, capsys,

@@ -125,7 +125,7 @@ class Config:
     # own validation score (`monitor`), instead of the epoch where their average scored best
     # (`MemberSelection`); training stops once no member has improved for `patience` epochs
     # (or early stopping on the average stops it first). One more pass over the validation
-    # split per epoch.
+    # split per epoch. Tuner trials score the average, epoch by epoch, without it.
     member_selection: bool = False
     # Keep "!" and "?" as words of their own instead of dropping them with the punctuation.
     keep_marks: bool = False
@@ -403,6 +403,10 @@ def build_model(config, data, recurrent_layer=None):
         raise ValueError("member_selection chooses an epoch for each member of an ensemble, "
                          f"received ensemble_members={config.ensemble_members}: set "
                          "ensemble_members=2 or more, or member_selection=false")
+    if config.member_selection and config.refit:
+        raise ValueError("member_selection keeps each member's best epoch on the validation "
+                         "split, which refit trains on: set member_selection=false or "
+                         "refit=false")
     probabilities = [_member(config, data, word_ids, recurrent_layer, number)
                      for number in range(config.ensemble_members)]
     if len(probabilities) == 1:
