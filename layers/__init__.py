@@ -1,6 +1,6 @@
 """Keras layers of elman: the Elman cell, its fast layer, pooling over its states, truncated BPTT,
 word dropout, adversarial training on embeddings, ensembles inside one model (and the choice of
-each member's best epoch)."""
+each member's best epoch), stochastic weight averaging."""
 
 from elman.layers.adversarial import AdversarialModel, EmbeddingPerturbation
 from elman.layers.elman_cell import ElmanCell
@@ -8,8 +8,9 @@ from elman.layers.elman_rnn import ElmanRNN
 from elman.layers.ensemble import EnsembleAverage, MemberSelection, ensemble_binary_crossentropy
 from elman.layers.pooling import StatePooling
 from elman.layers.truncated import TruncatedBackprop
+from elman.layers.weight_averaging import AveragingAdam
 from elman.layers.word_dropout import WordDropout
 
-__all__ = ["AdversarialModel", "ElmanCell", "ElmanRNN", "EmbeddingPerturbation", "EnsembleAverage",
-           "MemberSelection", "StatePooling", "TruncatedBackprop", "WordDropout",
-           "ensemble_binary_crossentropy"]
+__all__ = ["AdversarialModel", "AveragingAdam", "ElmanCell", "ElmanRNN", "EmbeddingPerturbation",
+           "EnsembleAverage", "MemberSelection", "StatePooling", "TruncatedBackprop",
+           "WordDropout", "ensemble_binary_crossentropy"]
