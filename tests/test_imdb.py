@@ -325,6 +325,45 @@ def test_interrupted_training_resumes(tmp_path, data):
     assert (tmp_path / "model.keras").is_file() and not (tmp_path / "backup").exists()
 
 
+class _AveragingState(keras.callbacks.Callback):
+    """Records the trained weights and their average: when an epoch ends, after the average
+    has been swapped into the model (`interrupt_at`: then interrupts), or when training
+    begins, after `BackupAndRestore` has restored the state of an interrupted run."""
+
+    def __init__(self, interrupt_at=None):
+        super().__init__()
+        self.interrupt_at, self.states = interrupt_at, []
+
+    def _record(self, trained, averaged):
+        self.states.append(([weight.numpy().copy() for weight in trained],
+                            [weight.numpy().copy() for weight in averaged]))
+
+    def on_train_begin(self, logs=None):
+        if self.interrupt_at is None:
+            self._record(self.model.trainable_weights,
+                         self.model.optimizer._model_variables_moving_average)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.interrupt_at:  # SwapEMAWeights has put the average in the model.
+            self._record(self.model.optimizer._model_variables_moving_average,
+                         self.model.trainable_weights)
+            raise KeyboardInterrupt
+
+
+def test_interrupted_weight_averaging_resumes_with_its_average(tmp_path, data):
+    config = dataclasses.replace(app.SMOKE, epochs=3, weight_averaging_start_epoch=1)
+    interrupted, resumed = _AveragingState(interrupt_at=1), _AveragingState()
+    with pytest.raises(KeyboardInterrupt):
+        training.train(app, config, tmp_path, data=data, verbose=0,
+                       extra_callbacks=[interrupted])
+    training.train(app, config, tmp_path, data=data, verbose=0, extra_callbacks=[resumed])
+    (trained, averaged), (restored_trained, restored_averaged) = (interrupted.states[0],
+                                                                  resumed.states[0])
+    assert not all(np.array_equal(a, b) for a, b in zip(trained, averaged))
+    for before, after in zip(trained + averaged, restored_trained + restored_averaged):
+        np.testing.assert_array_equal(after, before)
+
+
 class _RawWeightsAtEpochEnd(keras.callbacks.Callback):
     """The weights the optimizer trained, before any averaging is swapped in for validation."""
 
@@ -338,10 +377,12 @@ class _RawWeightsAtEpochEnd(keras.callbacks.Callback):
         self.weights.append(self.last)
 
 
-@pytest.mark.parametrize("ema_momentum", [0.0, 0.9])
+@pytest.mark.parametrize("ema_momentum, averaging_start", [(0.0, 0), (0.9, 0), (0.0, 1)])
 def test_validation_checkpoints_and_final_model_use_the_averaged_weights(tmp_path, data,
-                                                                          ema_momentum):
-    config = dataclasses.replace(app.SMOKE, epochs=3, patience=3, ema_momentum=ema_momentum)
+                                                                          ema_momentum,
+                                                                          averaging_start):
+    config = dataclasses.replace(app.SMOKE, epochs=3, patience=3, ema_momentum=ema_momentum,
+                                 weight_averaging_start_epoch=averaging_start)
     raw = _RawWeightsAtEpochEnd()
     model, history = training.train(app, config, tmp_path, data=data, verbose=0,
                                     extra_callbacks=[raw])
@@ -355,7 +396,11 @@ def test_validation_checkpoints_and_final_model_use_the_averaged_weights(tmp_pat
     # ... which is the average of the trained weights, not the last of them, with averaging on.
     final = [weight.numpy() for weight in model.trainable_weights]
     same = all(np.array_equal(a, b) for a, b in zip(final, raw.weights[best]))
-    assert same == (ema_momentum == 0)
+    # Weight averaging starts from the end of its start epoch: before that, the weights.
+    assert same == (ema_momentum == 0 and (averaging_start == 0 or best < averaging_start))
+    if averaging_start:
+        with pytest.raises(ValueError, match="ema_momentum and weight_averaging_start_epoch"):
+            app.build_model(dataclasses.replace(config, ema_momentum=0.9), data)
 
 
 class _InterruptTheRefit(keras.callbacks.Callback):
