@@ -24,10 +24,14 @@ def data():
     return app.load_data(app.SMOKE)
 
 
-@pytest.fixture(scope="module")
-def model(data):
+# Both decoders: drawing frames from scratch, and moving the current frame's pixels.
+DECODERS = ("pixels", "transform")
+
+
+@pytest.fixture(scope="module", params=DECODERS)
+def model(data, request):
     keras.utils.set_random_seed(0)
-    model = app.build_model(app.SMOKE, data)
+    model = app.build_model(dataclasses.replace(app.SMOKE, decoder=request.param), data)
     model.fit(data.train.take(4), verbose=0)  # Trained a little: outputs are not all alike.
     return model
 
@@ -189,8 +193,61 @@ def test_conv_lstm_reference_rolls_out_like_the_elman_model(data, monkeypatch):
     _check_rollout_feeds_back_its_own_predictions(model, _frames(data, 2)[:, :5], 2)
 
 
-def test_training_step_changes_every_weight(data):
-    model = app.build_model(app.SMOKE, data)
+def test_move_frames_convolves_each_frame_with_its_own_kernels():
+    rng = np.random.default_rng(0)
+    frames = rng.random((3, 64, 64, 1)).astype("float32")
+    kernels = rng.random((3, 5, 5, 2)).astype("float32")
+    moved = app.move_frames(tf.constant(frames), tf.constant(kernels)).numpy()
+    # The reference: a NumPy loop over examples, kernels and kernel taps, zeros outside.
+    padded = np.pad(frames[..., 0], [(0, 0), (2, 2), (2, 2)])
+    expected = np.zeros((3, 64, 64, 2))
+    for example in range(3):
+        for k in range(2):
+            for a in range(5):
+                for b in range(5):
+                    expected[example, :, :, k] += (padded[example, a:a + 64, b:b + 64]
+                                                   * kernels[example, a, b, k])
+    np.testing.assert_allclose(moved, expected, rtol=1e-5, atol=1e-5)
+    # A one-hot kernel shifts the frame: a 1 at row 2 - 1, column 2 + 2 moves it 1 pixel down
+    # and 2 pixels left.
+    shift = np.zeros((3, 5, 5, 1), "float32")
+    shift[:, 1, 4] = 1.0
+    moved = app.move_frames(tf.constant(frames), tf.constant(shift)).numpy()[..., 0]
+    np.testing.assert_allclose(moved[:, 1:, :-2], frames[:, :-1, 2:, 0], atol=1e-6)
+    np.testing.assert_array_equal(moved[:, 0], 0.0)
+    np.testing.assert_array_equal(moved[:, :, -2:], 0.0)
+
+
+def test_transform_decoder_mixes_moved_frames_and_checks_its_arguments(data):
+    keras.utils.set_random_seed(0)
+    config = dataclasses.replace(app.SMOKE, decoder="transform", transform_kernels=3,
+                                 transform_kernel_size=7)
+    model = app.build_model(config, data)
+    decoder = model.get_layer("decoder")
+    assert (decoder.kernels, decoder.kernel_size) == (3, 7)
+    assert decoder.kernel_logits.units == 3 * 7 * 7
+    frames = _frames(data, 2)
+    predicted = model(frames).numpy()
+    # A convex mix of moved frames (kernels >= 0 that sum to 1) and a sigmoid frame: in [0, 1].
+    assert predicted.min() >= 0.0 and predicted.max() <= 1.0
+    # The moved frames are frames the decoder read: black input frames give a prediction
+    # darker than the drawn frame alone wherever the masks give the moved frames weight.
+    latent, features = model.get_layer("encoder")(frames)
+    outputs = model.get_layer("elman")(latent)
+    black = decoder([outputs, features, np.zeros_like(frames)]).numpy()
+    white = decoder([outputs, features, np.ones_like(frames)]).numpy()
+    assert np.all(black <= white + 1e-6) and np.mean(white - black) > 0.05
+    with pytest.raises(ValueError, match='decoder must be "pixels" or "transform"'):
+        app.build_model(dataclasses.replace(app.SMOKE, decoder="flow"), data)
+    with pytest.raises(ValueError, match="kernel_size a positive odd number"):
+        app.FrameDecoder(8, kernels=2, kernel_size=4)
+    with pytest.raises(ValueError, match="needs the current frames"):
+        decoder([outputs, features])
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_training_step_changes_every_weight(data, decoder):
+    model = app.build_model(dataclasses.replace(app.SMOKE, decoder=decoder), data)
     app_checks.check_training_step_changes_every_weight(model, next(iter(data.train)))
 
 

@@ -10,6 +10,8 @@ decoder, which draws the next frame:
       -> ElmanRNN(ElmanCell): s_t = f(W s_{t-1} + U z_t + b),           # (batch, time, latent_dim)
          o_t = relu(V s_t + c)
       -> FrameDecoder, each step alone: the prediction of x_{t+1}      # (batch, time, 64, 64, 1)
+         (drawn from scratch, or with `decoder="transform"` by moving x_t's own pixels
+         with kernels chosen from o_t and mixing them with per-pixel masks)
 
 Strictly causal: the prediction of frame t+1 depends on frames 1..t only (the encoder and
 decoder see one frame each; the recurrence runs forward). `predict_frames` feeds the model its
@@ -87,6 +89,16 @@ class Config:
     # alone. 0.5 (teacher forcing, 10 epochs) gave MSE 167.8 / SSIM 0.703 against 145.1 /
     # 0.711 without it, at twice the time per step (README).
     ssim_loss_weight: float = 0.0
+    # How the decoder draws the next frame. "pixels": from scratch, a transposed CNN over the
+    # recurrent output and the current frame's feature maps. "transform": by moving the
+    # current frame's own pixels (Finn et al. 2016, CDNA): the recurrent output chooses
+    # `transform_kernels` normalized kernels of `transform_kernel_size`^2 pixels, each
+    # convolved with the current frame (a shift, or a blend of shifts), and per-pixel masks
+    # from the decoder CNN mix the moved frames with a drawn one. Digits keep their shape
+    # when the model reads its own predictions.
+    decoder: str = "pixels"
+    transform_kernels: int = 4
+    transform_kernel_size: int = 9
     batch_size: int = 32
     epochs: int = 25
     patience: int = 3
@@ -207,16 +219,33 @@ class FrameEncoder(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="elman")
 class FrameDecoder(keras.layers.Layer):
     """Draws one frame per step from the recurrent output and the encoder's feature maps of the
-    current frame: `(batch, time, latent_dim)`, `(batch, time, 32, 32, filters)` ->
+    current frame: `[(batch, time, latent_dim), (batch, time, 32, 32, filters)]`, and with
+    `kernels` the current frames `(batch, time, 64, 64, 1)` as a third input ->
     `(batch, time, 64, 64, 1)` in [0, 1].
+
+    Without `kernels` the frame is drawn from scratch. With `kernels` (Finn et al. 2016, CDNA),
+    a dense layer maps the recurrent output to `kernels` kernels of `kernel_size`^2 pixels,
+    each softmax-normalized (weights >= 0 that sum to 1: a shift of the frame, or a blend of
+    shifts); each is convolved with the current frame, and a softmax over `kernels + 1`
+    per-pixel masks mixes those moved frames and the drawn one:
+
+        moved_k = current_frame * kernel_k            # (64, 64), k = 1 .. kernels
+        next = sum_k mask_k * moved_k + mask_0 * drawn
 
     Args:
         filters: filters of the encoder's first convolution.
+        kernels: int >= 0, the moved copies of the current frame; 0 draws frames from scratch.
+            Default: 0.
+        kernel_size: odd int, the side of each kernel: the farthest move is
+            `kernel_size // 2` pixels along each axis. Default: 9.
     """
 
-    def __init__(self, filters, **kwargs):
+    def __init__(self, filters, kernels=0, kernel_size=9, **kwargs):
         super().__init__(**kwargs)
-        self.filters = filters
+        if kernels < 0 or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError("kernels must be >= 0 and kernel_size a positive odd number, "
+                             f"received kernels={kernels}, kernel_size={kernel_size}")
+        self.filters, self.kernels, self.kernel_size = filters, int(kernels), int(kernel_size)
         transposed = dict(kernel_size=3, strides=2, padding="same", activation="relu")
         self.expand = keras.Sequential([
             keras_layers.Dense(8 * 8 * 4 * filters, activation="relu"),
@@ -231,26 +260,73 @@ class FrameDecoder(keras.layers.Layer):
             keras_layers.Conv2D(1, 3, padding="same", activation="sigmoid",
                                 bias_initializer=keras.initializers.Constant(-2.0)),
         ])
+        if self.kernels:
+            self.kernel_logits = keras_layers.Dense(self.kernels * self.kernel_size ** 2)
+            self.mask_logits = keras_layers.Conv2D(self.kernels + 1, 3, padding="same")
 
     def build(self, input_shape):
-        latent_shape, _ = input_shape
+        latent_shape = input_shape[0]
         self.expand.build((None, latent_shape[-1]))
         self.draw.build((None, FRAME_SIZE // 2, FRAME_SIZE // 2, 2 * self.filters))
+        if self.kernels:
+            self.kernel_logits.build((None, latent_shape[-1]))
+            self.mask_logits.build((None, FRAME_SIZE, FRAME_SIZE, self.filters))
 
     def call(self, inputs):
-        outputs, features = inputs
+        outputs, features, *current = inputs
         batch, time = ops.shape(outputs)[0], ops.shape(outputs)[1]
-        expanded = self.expand(ops.reshape(outputs, (-1, outputs.shape[-1])))
+        flat_outputs = ops.reshape(outputs, (-1, outputs.shape[-1]))
+        expanded = self.expand(flat_outputs)
         features = ops.reshape(features, (-1, FRAME_SIZE // 2, FRAME_SIZE // 2, self.filters))
-        frames = self.draw(ops.concatenate([expanded, features], axis=-1))
+        hidden = ops.concatenate([expanded, features], axis=-1)
+        for layer in self.draw.layers[:-1]:
+            hidden = layer(hidden)  # (batch * time, 64, 64, filters)
+        frames = self.draw.layers[-1](hidden)  # (batch * time, 64, 64, 1)
+        if self.kernels:
+            if not current:
+                raise ValueError("a FrameDecoder with kernels needs the current frames as its "
+                                 "third input")
+            current = ops.reshape(current[0], (-1, FRAME_SIZE, FRAME_SIZE, 1))
+            kernels = ops.softmax(ops.reshape(
+                self.kernel_logits(flat_outputs),
+                (-1, self.kernel_size ** 2, self.kernels)), axis=1)
+            kernels = ops.reshape(kernels, (-1, self.kernel_size, self.kernel_size,
+                                            self.kernels))
+            moved = move_frames(current, kernels)  # (batch * time, 64, 64, kernels)
+            masks = ops.softmax(self.mask_logits(hidden), axis=-1)
+            frames = ops.sum(masks * ops.concatenate([frames, moved], axis=-1), axis=-1,
+                             keepdims=True)
         return ops.reshape(frames, (batch, time, FRAME_SIZE, FRAME_SIZE, 1))
 
     def compute_output_shape(self, input_shape):
-        latent_shape, _ = input_shape
+        latent_shape = input_shape[0]
         return (latent_shape[0], latent_shape[1], FRAME_SIZE, FRAME_SIZE, 1)
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters}
+        return {**super().get_config(), "filters": self.filters, "kernels": self.kernels,
+                "kernel_size": self.kernel_size}
+
+
+def move_frames(frames, kernels):
+    """Convolves each frame with its own kernels (a per-example depthwise convolution).
+
+    Args:
+        frames: `(batch, height, width, 1)`.
+        kernels: `(batch, size, size, kernels)`; output pixel (i, j) of kernel k is
+            `sum_{a, b} frames[i + a - size // 2, j + b - size // 2] * kernels[a, b, k]`,
+            with zeros outside the frame.
+
+    Returns:
+        `(batch, height, width, kernels)`.
+    """
+    height, width = frames.shape[1], frames.shape[2]
+    count = kernels.shape[-1]
+    # The batch becomes the channels of one image, so that each example meets its own kernels.
+    stacked = tf.transpose(frames, (3, 1, 2, 0))  # (1, height, width, batch)
+    moved = tf.nn.depthwise_conv2d(stacked, tf.transpose(kernels, (1, 2, 0, 3)),
+                                   strides=(1, 1, 1, 1), padding="SAME")
+    moved = tf.reshape(moved, (height, width, -1, count))  # channel = example * count + k
+    return tf.transpose(moved, (2, 0, 1, 3))
 
 
 def build_model(config, data=None, recurrent_layer=None):
@@ -273,7 +349,11 @@ def build_model(config, data=None, recurrent_layer=None):
                   activation=config.activation),
         return_sequences=True, name="elman")
     outputs = recurrent(latent)  # (batch, time, latent_dim): o_t = relu(V s_t + c)
-    predicted = FrameDecoder(config.filters, name="decoder")([outputs, features])
+    if config.decoder not in ("pixels", "transform"):
+        raise ValueError(f'decoder must be "pixels" or "transform", received {config.decoder!r}')
+    kernels = config.transform_kernels if config.decoder == "transform" else 0
+    decoder = FrameDecoder(config.filters, kernels, config.transform_kernel_size, name="decoder")
+    predicted = decoder([outputs, features, frames])
     steps_per_epoch = -(-config.train_sequences // config.batch_size)
     model = RolloutModel(frames, predicted, name="nextframe_elman",
                          rollout_from=config.input_frames if config.train_on_rollouts else 0,
@@ -366,7 +446,8 @@ def rollout_predictions(model, frames, input_frames, training=False, own_probabi
     for t in range(input_frames):
         output, states = cell(latent[:, t], states, training=training)
         outputs.append(output)
-    teacher_forced = decoder([ops.stack(outputs, axis=1), features], training=training)
+    teacher_forced = decoder([ops.stack(outputs, axis=1), features, frames[:, :input_frames]],
+                             training=training)
     predicted, frame = [teacher_forced], teacher_forced[:, -1:]
     sampled = not (isinstance(own_probability, (int, float)) and own_probability >= 1)
     for step in range(frames.shape[1] - input_frames):
@@ -375,7 +456,7 @@ def rollout_predictions(model, frames, input_frames, training=False, own_probabi
             frame = ops.where(own, frame, frames[:, input_frames + step:input_frames + step + 1])
         latent, features = encoder(frame, training=training)
         output, states = cell(latent[:, 0], states, training=training)
-        frame = decoder([output[:, None], features], training=training)
+        frame = decoder([output[:, None], features, frame], training=training)
         predicted.append(frame)
     return ops.concatenate(predicted, axis=1)
 
@@ -484,19 +565,20 @@ def predict_frames(model, frames, num_frames):
     _, states, output = tf.while_loop(
         lambda t, *_: t < tf.shape(frames)[1], read,
         (tf.constant(0), states, tf.zeros([batch, cell.output_size])))
-    last_features = features[:, -1:]
+    last_features, last_frame = features[:, -1:], frames[:, -1:]
     predicted = tf.TensorArray(tf.float32, size=num_frames,
                                element_shape=tf.TensorShape([None, FRAME_SIZE, FRAME_SIZE, 1]))
 
-    def roll(k, states, output, last_features, predicted):
-        frame = decoder([output[:, None], last_features])  # (batch, 1, 64, 64, 1)
+    def roll(k, states, output, last_features, last_frame, predicted):
+        frame = decoder([output[:, None], last_features, last_frame])  # (batch, 1, 64, 64, 1)
         predicted = predicted.write(k, frame[:, 0])
         new_latent, last_features = encoder(frame)
         output, states = cell(new_latent[:, 0], states, training=False)
-        return k + 1, states, output, last_features, predicted
+        return k + 1, states, output, last_features, frame, predicted
 
-    *_, predicted = tf.while_loop(lambda k, *_: k < num_frames, roll,
-                                  (tf.constant(0), states, output, last_features, predicted))
+    *_, predicted = tf.while_loop(
+        lambda k, *_: k < num_frames, roll,
+        (tf.constant(0), states, output, last_features, last_frame, predicted))
     return tf.transpose(predicted.stack(), [1, 0, 2, 3, 4])
 
 
