@@ -183,6 +183,31 @@ def test_scheduled_sampling_ramps_from_teacher_forcing_to_rollouts(data, tmp_pat
     assert reloaded.ramp_steps == model.ramp_steps
 
 
+def test_rollouts_can_start_after_teacher_forced_epochs(data, tmp_path):
+    keras.utils.set_random_seed(0)
+    config = dataclasses.replace(app.SMOKE, train_on_rollouts=True, rollout_start_epoch=1,
+                                 decoder="transform")
+    model = app.build_model(config, data)
+    steps_per_epoch = sum(1 for _ in data.train)
+    assert model.start_steps == steps_per_epoch
+    inputs, targets = next(iter(data.train))
+    bce = keras.losses.BinaryCrossentropy()
+    for step, probability in ((0, 0.0), (steps_per_epoch - 1, 0.0), (steps_per_epoch, 1.0)):
+        model.optimizer.iterations.assign(step)
+        assert float(model.own_probability()) == probability
+        # The loss of a training step (computed before its update) is the teacher-forced
+        # loss before the start, and the rollout's loss from then on.
+        teacher_forced = float(bce(targets, model(inputs)))
+        rolled = float(bce(targets, app.rollout_predictions(model, inputs, config.input_frames)))
+        assert abs(teacher_forced - rolled) > 1e-4
+        loss = model.train_on_batch(inputs, targets, return_dict=True)["loss"]
+        assert loss == pytest.approx(rolled if probability else teacher_forced, rel=1e-4)
+    reloaded = app_checks.check_keras_round_trip(model, _frames(data), tmp_path)
+    assert reloaded.start_steps == model.start_steps
+    with pytest.raises(ValueError, match="start_steps must be >= 0"):
+        app.RolloutModel(model.inputs, model.outputs, rollout_from=2, start_steps=-1)
+
+
 def test_conv_lstm_reference_rolls_out_like_the_elman_model(data, monkeypatch):
     """The benchmark's ConvLSTM2D reference is an RNN cell, so that rollouts step it."""
     monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))

@@ -82,6 +82,11 @@ class Config:
     # its own prediction with a probability that rises linearly from 0 to 1, else the true
     # frame. 0: rollouts from the first step. Validation always rolls out.
     rollout_ramp_epochs: int = 0
+    # With train_on_rollouts: the epochs trained with teacher forcing (each step reads the
+    # true frame, at the cost of one batched pass) before rollouts (or their ramp) begin; a
+    # curriculum: learn one step first, then learn to read one's own predictions. Validation
+    # rolls out from the first epoch, so checkpoints and early stopping follow the rollout.
+    rollout_start_epoch: int = 0
     # The weight of a structural term beside the per-pixel cross-entropy: the loss becomes
     # `cross-entropy + ssim_loss_weight * (1 - SSIM)`, SSIM averaged over the predicted frames
     # (`FrameLoss`). Pixel losses reward the blurred mean of the futures the model cannot tell
@@ -358,6 +363,7 @@ def build_model(config, data=None, recurrent_layer=None):
     model = RolloutModel(frames, predicted, name="nextframe_elman",
                          rollout_from=config.input_frames if config.train_on_rollouts else 0,
                          ramp_steps=config.rollout_ramp_epochs * steps_per_epoch,
+                         start_steps=config.rollout_start_epoch * steps_per_epoch,
                          seed=config.seed)
     optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
     loss = (FrameLoss(config.ssim_loss_weight) if config.ssim_loss_weight
@@ -471,36 +477,47 @@ class RolloutModel(keras.Model):
     frames are the true ones, and each later step reads the frame the model predicted, so
     the loss (and `val_loss`) measure the prediction of the frames after `rollout_from` as
     `predict_frames` makes it. With `ramp_steps`, training reads its own predictions with a
-    probability that rises from 0 to 1 over that many steps (scheduled sampling); validation
-    always rolls out. Calling the model (and `predict`) stays teacher-forced.
+    probability that rises from 0 to 1 over that many steps (scheduled sampling). With
+    `start_steps`, the first that many training steps are teacher-forced (one batched pass, as
+    `keras.Model` trains) and the rollouts, or their ramp, begin after them. Validation always
+    rolls out. Calling the model (and `predict`) stays teacher-forced.
 
     Args:
         rollout_from: int >= 0, the true frames read before the model reads its own. Default: 0.
-        ramp_steps: int >= 0, training steps until every step reads its own prediction.
+        ramp_steps: int >= 0, training steps (after `start_steps`) until every step reads
+            its own prediction. Default: 0.
+        start_steps: int >= 0, teacher-forced training steps before the rollouts begin.
             Default: 0.
         seed: int, for the scheduled sampling's draws. Default: None.
         *args, **kwargs: those of `keras.Model` (inputs, outputs, name).
     """
 
-    def __init__(self, *args, rollout_from=0, ramp_steps=0, seed=None, **kwargs):
+    def __init__(self, *args, rollout_from=0, ramp_steps=0, start_steps=0, seed=None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
-        if rollout_from < 0 or ramp_steps < 0:
-            raise ValueError("rollout_from and ramp_steps must be >= 0, received "
-                             f"rollout_from={rollout_from}, ramp_steps={ramp_steps}")
+        if rollout_from < 0 or ramp_steps < 0 or start_steps < 0:
+            raise ValueError("rollout_from, ramp_steps and start_steps must be >= 0, received "
+                             f"rollout_from={rollout_from}, ramp_steps={ramp_steps}, "
+                             f"start_steps={start_steps}")
         self.rollout_from, self.ramp_steps, self.seed = int(rollout_from), int(ramp_steps), seed
+        self.start_steps = int(start_steps)
         self._sampling_seed = keras.random.SeedGenerator(seed) if ramp_steps else None
 
     def get_config(self):
         return {**super().get_config(), "rollout_from": self.rollout_from,
-                "ramp_steps": self.ramp_steps, "seed": self.seed}
+                "ramp_steps": self.ramp_steps, "start_steps": self.start_steps,
+                "seed": self.seed}
 
     def own_probability(self):
         """The probability that a training step after the true frames reads the model's own
-        prediction, now: `min(1, optimizer steps / ramp_steps)`."""
-        if not self.ramp_steps:
+        prediction, now: 0 for the first `start_steps` optimizer steps, then
+        `min(1, (steps - start_steps) / ramp_steps)` (1 without a ramp)."""
+        if not self.ramp_steps and not self.start_steps:
             return 1.0
-        steps = ops.cast(self.optimizer.iterations, "float32")
-        return ops.minimum(1.0, steps / self.ramp_steps)
+        steps = ops.cast(self.optimizer.iterations, "float32") - self.start_steps
+        if not self.ramp_steps:
+            return ops.cast(steps >= 0, "float32")
+        return ops.clip(steps / self.ramp_steps, 0.0, 1.0)
 
     def _rollout_loss(self, data, training):
         """`(loss, metrics update)` of a batch with rollout predictions; validation always rolls
@@ -509,10 +526,19 @@ class RolloutModel(keras.Model):
         if x.shape[1] is None or x.shape[1] <= self.rollout_from:
             y_pred = self(x, training=training)
         else:
-            y_pred = rollout_predictions(
-                self, x, self.rollout_from, training=training,
-                own_probability=self.own_probability() if training else 1.0,
-                seed=self._sampling_seed)
+            def rollout():
+                return rollout_predictions(
+                    self, x, self.rollout_from, training=training,
+                    own_probability=self.own_probability() if training and self.ramp_steps
+                    else 1.0,
+                    seed=self._sampling_seed)
+
+            if training and self.start_steps:
+                # Teacher forcing first: one batched pass instead of a step-by-step rollout.
+                y_pred = tf.cond(self.optimizer.iterations < self.start_steps,
+                                 lambda: self(x, training=True), rollout)
+            else:
+                y_pred = rollout()
         loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                  training=training)
 
