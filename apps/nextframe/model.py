@@ -535,6 +535,8 @@ class RolloutModel(keras.Model):
 
             if training and self.start_steps:
                 # Teacher forcing first: one batched pass instead of a step-by-step rollout.
+                # TensorFlow logs "Type inference failed" when it first traces this cond;
+                # the warning is benign (tensorflow/tensorflow#57052).
                 y_pred = tf.cond(self.optimizer.iterations < self.start_steps,
                                  lambda: self(x, training=True), rollout)
             else:
@@ -629,7 +631,8 @@ def export_signatures(model):
         ]
 
     @tf.function(input_signature=[tf.TensorSpec(frames_shape, tf.float32, name="frames"),
-                                  tf.TensorSpec([], tf.int32, name="num_frames")])
+                                  tf.TensorSpec([], tf.int32, name="num_frames")],
+                 autograph=False)
     def serving_default(frames, num_frames):
         # Signatures loaded from a SavedModel do not enforce the declared shape: checked here,
         # before the first reshape would fail with a message about tensor sizes.
@@ -642,7 +645,8 @@ def export_signatures(model):
             return {"predicted_frames": predict_frames(model, frames, num_frames)}
 
     @tf.function(input_signature=[tf.TensorSpec(frames_shape, tf.uint8, name="frames"),
-                                  tf.TensorSpec([], tf.int32, name="num_frames")])
+                                  tf.TensorSpec([], tf.int32, name="num_frames")],
+                 autograph=False)
     def serving_uint8(frames, num_frames):
         frames = tf.ensure_shape(frames, frames_shape)
         with tf.control_dependencies(checked(frames, num_frames)):
@@ -743,7 +747,11 @@ def evaluation_report(model, data, run_dir=None, config=None, log=print, batch_s
     """10 -> 10 on the fixed test set: MSE, MAE, SSIM for the model and copy-last-frame, and a
     PNG of input / truth / prediction for three sequences (`RUN_DIR/predictions.png`)."""
     config = config or Config()
-    rollout = tf.function(lambda frames: predict_frames(model, frames, config.output_frames))
+    # predict_frames builds its own graph loops: no AutoGraph conversion. Converting it once
+    # failed after a 56-minute training in the same process (the converted call ran
+    # RolloutModel.test_step instead), and the test set was not evaluated.
+    rollout = tf.function(lambda frames: predict_frames(model, frames, config.output_frames),
+                          autograph=False)
     errors = {"model": [], "copy_last_frame": []}
     log(f"[elman] nextframe: predicting {config.test_sequences} test sequences "
         f"({config.input_frames} -> {config.output_frames})")
