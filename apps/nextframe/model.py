@@ -100,7 +100,10 @@ class Config:
     # `transform_kernels` normalized kernels of `transform_kernel_size`^2 pixels, each
     # convolved with the current frame (a shift, or a blend of shifts), and per-pixel masks
     # from the decoder CNN mix the moved frames with a drawn one. Digits keep their shape
-    # when the model reads its own predictions.
+    # when the model reads its own predictions. Measured (README, 10k test sequences):
+    # MSE 109.1 / MAE 224.2 / SSIM 0.702 with teacher forcing (7 epochs), 100.2 / 218.7 /
+    # 0.673 with rollouts after 3 teacher-forced epochs, against 145.1 / 209.8 / 0.711 for
+    # "pixels"; better MSE only, at 1.5x the time per step, so "pixels" stays the default.
     decoder: str = "pixels"
     transform_kernels: int = 4
     transform_kernel_size: int = 9
