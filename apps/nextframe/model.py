@@ -569,6 +569,10 @@ class RolloutModel(keras.Model):
         return self._rollout_loss(data, training=False)[1]()
 
 
+# predict_frames builds its own graph loops, so AutoGraph has nothing to convert. Converting
+# it once failed after a 56-minute training in the same process (the converted call ran
+# RolloutModel.test_step instead), and the benchmark lost its test evaluation.
+@tf.autograph.experimental.do_not_convert
 def predict_frames(model, frames, num_frames):
     """Rolls the model forward: reads `frames`, then predicts `num_frames` more, each from the
     previous prediction.
@@ -634,8 +638,7 @@ def export_signatures(model):
         ]
 
     @tf.function(input_signature=[tf.TensorSpec(frames_shape, tf.float32, name="frames"),
-                                  tf.TensorSpec([], tf.int32, name="num_frames")],
-                 autograph=False)
+                                  tf.TensorSpec([], tf.int32, name="num_frames")])
     def serving_default(frames, num_frames):
         # Signatures loaded from a SavedModel do not enforce the declared shape: checked here,
         # before the first reshape would fail with a message about tensor sizes.
@@ -648,8 +651,7 @@ def export_signatures(model):
             return {"predicted_frames": predict_frames(model, frames, num_frames)}
 
     @tf.function(input_signature=[tf.TensorSpec(frames_shape, tf.uint8, name="frames"),
-                                  tf.TensorSpec([], tf.int32, name="num_frames")],
-                 autograph=False)
+                                  tf.TensorSpec([], tf.int32, name="num_frames")])
     def serving_uint8(frames, num_frames):
         frames = tf.ensure_shape(frames, frames_shape)
         with tf.control_dependencies(checked(frames, num_frames)):
@@ -750,11 +752,7 @@ def evaluation_report(model, data, run_dir=None, config=None, log=print, batch_s
     """10 -> 10 on the fixed test set: MSE, MAE, SSIM for the model and copy-last-frame, and a
     PNG of input / truth / prediction for three sequences (`RUN_DIR/predictions.png`)."""
     config = config or Config()
-    # predict_frames builds its own graph loops: no AutoGraph conversion. Converting it once
-    # failed after a 56-minute training in the same process (the converted call ran
-    # RolloutModel.test_step instead), and the test set was not evaluated.
-    rollout = tf.function(lambda frames: predict_frames(model, frames, config.output_frames),
-                          autograph=False)
+    rollout = tf.function(lambda frames: predict_frames(model, frames, config.output_frames))
     errors = {"model": [], "copy_last_frame": []}
     log(f"[elman] nextframe: predicting {config.test_sequences} test sequences "
         f"({config.input_frames} -> {config.output_frames})")
