@@ -24,8 +24,9 @@ def data():
     return app.load_data(app.SMOKE)
 
 
-# Both decoders: drawing frames from scratch, and moving the current frame's pixels.
-DECODERS = ("pixels", "transform")
+# Every decoder: drawing frames from scratch, moving the current frame's pixels, and moving
+# layers of the last true frame.
+DECODERS = app.DECODERS
 
 
 @pytest.fixture(scope="module", params=DECODERS)
@@ -114,12 +115,36 @@ def test_prediction_is_causal(model, data):
 def _check_rollout_feeds_back_its_own_predictions(model, frames, count):
     predicted = app.predict_frames(model, frames, count).numpy()
     assert predicted.shape == (len(frames), count, 64, 64, 1)
+    decoder = model.get_layer("decoder")
+    if decoder.layers:
+        _check_reference_rollout(model, frames, predicted)
+        return
     # Each predicted frame is the teacher-forced model's last output after reading the
     # frames given and the frames predicted before it.
     seen = frames
     for k in range(count):
         np.testing.assert_allclose(predicted[:, k], model(seen).numpy()[:, -1], atol=1e-5)
         seen = np.concatenate([seen, predicted[:, k:k + 1]], axis=1)
+
+
+def _check_reference_rollout(model, frames, predicted):
+    """A reference decoder's rollout: predicted frame k is the last given frame's layers (split
+    as the teacher-forced model splits it) moved by the moves the cell chose after reading
+    the given frames and predicted frames 0..k-1, added up."""
+    encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
+    recurrent = [layer for layer in model.layers if hasattr(layer, "cell")][0]
+    seen = np.concatenate([frames, predicted[:, :-1]], axis=1)
+    latent, features = encoder(seen)
+    outputs = recurrent(latent)  # the cell over every frame read, in one teacher-forced pass
+    given = frames.shape[1]
+    shares = decoder.reference_parts(outputs[:, :given], features[:, :given], frames)[0][:, -1]
+    offsets = np.zeros((len(frames), decoder.layers, 2), "float32")
+    for k in range(predicted.shape[1]):
+        offsets += decoder.moves(outputs[:, given - 1 + k]).numpy()
+        expected = decoder.compose(frames[:, -1], shares, offsets).numpy()
+        np.testing.assert_allclose(predicted[:, k], expected, atol=1e-5)
+    # The first predicted frame is the teacher-forced prediction of the frame after the last.
+    np.testing.assert_allclose(predicted[:, 0], model(frames).numpy()[:, -1], atol=1e-5)
 
 
 def test_rollout_feeds_back_its_own_predictions(model, data):
@@ -142,15 +167,20 @@ def test_rollout_objective_reads_true_frames_then_its_own_predictions(model, dat
     changed[:, given:] = 1.0 - changed[:, given:]
     np.testing.assert_allclose(
         app.rollout_predictions(model, tf.constant(changed), given).numpy(), rolled, atol=1e-6)
+    if model.get_layer("decoder").layers:
+        with pytest.raises(ValueError, match="own_probability must be 1"):
+            app.rollout_predictions(model, tf.constant(frames), given, own_probability=0.0)
+        return
     # Scheduled sampling at probability 0 reads only true frames: it is teacher forcing.
     np.testing.assert_allclose(
         app.rollout_predictions(model, tf.constant(frames), given, own_probability=0.0,
                                 seed=1).numpy(), model(frames).numpy(), atol=1e-5)
 
 
-def test_training_on_rollouts_trains_and_validates_on_the_rollout(data, tmp_path):
+@pytest.mark.parametrize("decoder", ["pixels", "reference"])
+def test_training_on_rollouts_trains_and_validates_on_the_rollout(data, tmp_path, decoder):
     keras.utils.set_random_seed(0)
-    config = dataclasses.replace(app.SMOKE, train_on_rollouts=True)
+    config = dataclasses.replace(app.SMOKE, train_on_rollouts=True, decoder=decoder)
     model = app.build_model(config, data)
     assert model.rollout_from == config.input_frames
     inputs, targets = next(iter(data.validation))
@@ -243,12 +273,17 @@ def test_move_frames_convolves_each_frame_with_its_own_kernels():
     np.testing.assert_array_equal(moved[:, :, -2:], 0.0)
 
 
-def test_transform_decoder_mixes_moved_frames_and_checks_its_arguments(data):
+def _model_with_decoder(data, **overrides):
+    """`(config, model, decoder)` of a fresh SMOKE model with these config values."""
     keras.utils.set_random_seed(0)
-    config = dataclasses.replace(app.SMOKE, decoder="transform", transform_kernels=3,
-                                 transform_kernel_size=7)
+    config = dataclasses.replace(app.SMOKE, **overrides)
     model = app.build_model(config, data)
-    decoder = model.get_layer("decoder")
+    return config, model, model.get_layer("decoder")
+
+
+def test_transform_decoder_mixes_moved_frames_and_checks_its_arguments(data):
+    config, model, decoder = _model_with_decoder(data, decoder="transform",
+                                                 transform_kernels=3, transform_kernel_size=7)
     assert (decoder.kernels, decoder.kernel_size) == (3, 7)
     assert decoder.kernel_logits.units == 3 * 7 * 7
     frames = _frames(data, 2)
@@ -262,10 +297,102 @@ def test_transform_decoder_mixes_moved_frames_and_checks_its_arguments(data):
     black = decoder([outputs, features, np.zeros_like(frames)]).numpy()
     white = decoder([outputs, features, np.ones_like(frames)]).numpy()
     assert np.all(black <= white + 1e-6) and np.mean(white - black) > 0.05
-    with pytest.raises(ValueError, match='decoder must be "pixels" or "transform"'):
+    with pytest.raises(ValueError, match="decoder must be one of 'pixels', 'transform'"):
         app.build_model(dataclasses.replace(app.SMOKE, decoder="flow"), data)
     with pytest.raises(ValueError, match="kernel_size a positive odd number"):
         app.FrameDecoder(8, kernels=2, kernel_size=4)
+    with pytest.raises(ValueError, match="needs the current frames"):
+        decoder([outputs, features])
+
+
+def _bilinear_translation(frame, dy, dx):
+    """NumPy loop: frame sampled at (i - dy, j - dx), bilinearly, zeros outside."""
+    height, width = frame.shape
+    moved = np.zeros_like(frame, dtype="float64")
+    for i in range(height):
+        for j in range(width):
+            y, x = i - dy, j - dx
+            top, left = int(np.floor(y)), int(np.floor(x))
+            for row, row_weight in ((top, 1 - (y - top)), (top + 1, y - top)):
+                for column, column_weight in ((left, 1 - (x - left)), (left + 1, x - left)):
+                    if 0 <= row < height and 0 <= column < width:
+                        moved[i, j] += row_weight * column_weight * frame[row, column]
+    return moved
+
+
+def test_translate_frames_moves_each_frame_bilinearly_and_differentiably():
+    rng = np.random.default_rng(0)
+    frames = rng.random((3, 64, 64, 1)).astype("float32")
+    offsets = np.array([[2.0, -3.0], [0.5, 1.25], [-10.3, 7.7]], "float32")
+    moved = app.translate_frames(tf.constant(frames), tf.constant(offsets)).numpy()
+    for example in range(3):
+        np.testing.assert_allclose(moved[example, ..., 0],
+                                   _bilinear_translation(frames[example, ..., 0],
+                                                         *offsets[example]), atol=1e-5)
+    # Whole pixels: a shift, 2 down and 3 left, zeros entering.
+    np.testing.assert_allclose(moved[0, 2:, :-3, 0], frames[0, :-2, 3:, 0], atol=1e-6)
+    np.testing.assert_array_equal(moved[0, :2], 0.0)
+    # The gradient with respect to the offsets is the derivative of the moved frame: against
+    # central differences, at offsets off whole pixels.
+    offsets = tf.Variable([[1.3, -0.6]])
+    weights = tf.constant(rng.random((1, 64, 64, 1)).astype("float32"))
+
+    def objective(offset):
+        return tf.reduce_sum(weights * app.translate_frames(tf.constant(frames[:1]), offset))
+
+    with tf.GradientTape() as tape:
+        value = objective(offsets)
+    gradient = tape.gradient(value, offsets).numpy()
+    step = 1e-2
+    for axis in range(2):
+        delta = np.zeros((1, 2), "float32")
+        delta[0, axis] = step
+        numeric = (objective(offsets + delta) - objective(offsets - delta)).numpy() / (2 * step)
+        assert gradient[0, axis] == pytest.approx(numeric, rel=1e-2)
+
+
+def test_reference_decoder_moves_layers_of_the_reference_and_checks_its_arguments(data):
+    config, model, decoder = _model_with_decoder(data, decoder="reference", reference_layers=3,
+                                                 reference_max_step=4.0)
+    assert (decoder.layers, decoder.max_step, decoder.kernels) == (3, 4.0, 0)
+    frames = _frames(data, 2)
+    latent, features = model.get_layer("encoder")(frames)
+    outputs = model.get_layer("elman")(latent)
+    shares, moves = decoder.reference_parts(outputs, features, frames)
+    assert shares.shape == (2, config.input_frames, 64, 64, 3)
+    assert moves.shape == (2, config.input_frames, 3, 2)
+    np.testing.assert_allclose(tf.reduce_sum(shares, -1).numpy(), 1.0, atol=1e-5)
+    assert np.abs(moves.numpy()).max() <= 4.0
+    # The shares see which pixels each layer's previous move explains: moving the previous
+    # frame changes them, and the first step has no previous frame.
+    changed = frames.copy()
+    changed[:, 3] = np.roll(changed[:, 3], 5, axis=-2)
+    changed_shares = decoder.reference_parts(outputs, features, changed)[0].numpy()
+    np.testing.assert_allclose(changed_shares[:, :3], shares[:, :3].numpy(), atol=1e-6)
+    assert not np.allclose(changed_shares[:, 4], shares[:, 4].numpy())
+    shares = tf.reshape(shares, (-1, 64, 64, 3))
+    moves = tf.reshape(moves, (-1, 3, 2))
+    # Each step's prediction is its own frame's layers moved one step: in NumPy, the shares
+    # times the frame, each moved by its offset (the loop above), added up and capped at 1.
+    predicted = model(frames).numpy()
+    flat_frames = frames.reshape(-1, 64, 64)
+    for index in (0, 7, 13):
+        layers = flat_frames[index][None] * np.moveaxis(shares[index].numpy(), -1, 0)
+        moved = sum(_bilinear_translation(layer, *offset)
+                    for layer, offset in zip(layers, moves[index].numpy()))
+        expected = app.REFERENCE_FLOOR + (1 - 2 * app.REFERENCE_FLOOR) * np.minimum(moved, 1.0)
+        np.testing.assert_allclose(predicted.reshape(-1, 64, 64)[index], expected, atol=1e-5)
+    # Still layers: the prediction is the reference itself, between the floor and 1 - floor.
+    still = decoder.compose(frames[:, 0], shares[:2], tf.zeros((2, 3, 2))).numpy()
+    np.testing.assert_allclose(
+        still, app.REFERENCE_FLOOR + (1 - 2 * app.REFERENCE_FLOOR) * frames[:, 0], atol=1e-5)
+    with pytest.raises(ValueError, match="not both layers and kernels"):
+        app.FrameDecoder(8, kernels=2, layers=2)
+    with pytest.raises(ValueError, match="max_step"):
+        app.FrameDecoder(8, layers=2, max_step=0)
+    with pytest.raises(ValueError, match="set rollout_ramp_epochs=0"):
+        app.build_model(dataclasses.replace(config, train_on_rollouts=True,
+                                            rollout_ramp_epochs=1), data)
     with pytest.raises(ValueError, match="needs the current frames"):
         decoder([outputs, features])
 
@@ -307,8 +434,10 @@ def test_frame_loss_adds_the_ssim_term_that_blur_raises(data, tmp_path):
     assert (float(app.FrameLoss(1.0)(truth, truth)) - float(plain(truth, truth))
             == pytest.approx(0.0, abs=1e-5))
     assert (float(app.FrameLoss(1.0)(truth, blurred)) - float(plain(truth, blurred))) > 0.05
-    with pytest.raises(ValueError, match="ssim_weight must be >= 0"):
+    with pytest.raises(ValueError, match="ssim_weight and blur_weight must be >= 0"):
         app.FrameLoss(-1.0)
+    with pytest.raises(ValueError, match="blur_sigma > 0"):
+        app.FrameLoss(blur_weight=1.0, blur_sigma=0.0)
     # A model trained with it: the loss falls, and it survives saving.
     keras.utils.set_random_seed(0)
     config = dataclasses.replace(app.SMOKE, ssim_loss_weight=0.5)
@@ -317,6 +446,48 @@ def test_frame_loss_adds_the_ssim_term_that_blur_raises(data, tmp_path):
     assert losses[1] < losses[0]
     restored = app_checks.check_keras_round_trip(model, _frames(data), tmp_path)
     assert restored.loss.ssim_weight == 0.5
+
+
+def test_frame_loss_blurred_term_leads_a_move_all_the_way(data, tmp_path):
+    truth = next(iter(data.validation))[1][:2, :3].numpy()  # (2, 3, 64, 64, 1)
+    prediction = np.clip(truth + 0.1, 0, 1)
+    # Against NumPy: zero-padded separable convolution with normalized Gaussian taps.
+    sigma = 2.0
+    radius = int(np.ceil(3 * sigma))
+    taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma ** 2))
+    taps /= taps.sum()
+
+    def blur(frames):
+        along_rows = np.apply_along_axis(np.convolve, -3, frames, taps, mode="same")
+        return np.apply_along_axis(np.convolve, -2, along_rows, taps, mode="same")
+
+    plain = keras.losses.BinaryCrossentropy()
+    expected = float(plain(truth, prediction)) + 0.3 * np.mean(
+        np.sum((blur(truth) - blur(prediction)) ** 2, axis=(-3, -2, -1)))
+    loss = app.FrameLoss(blur_weight=0.3, blur_sigma=sigma)
+    assert float(loss(truth, prediction)) == pytest.approx(expected, rel=1e-4)
+    # Why it is there: thin strokes (a cross of 1-pixel lines, as in MNIST digits) moved 3
+    # pixels. As the move of the prediction goes from 0 to 3 pixels, the blurred term falls at
+    # every step, while the cross-entropy of sharp frames has a minimum between whole pixels on
+    # the way.
+    frame = np.zeros((1, 64, 64, 1), "float32")
+    frame[0, 20:40, 30] = frame[0, 30, 20:40] = 1.0
+    target = app.translate_frames(tf.constant(frame), tf.constant([[0.0, 3.0]])).numpy()
+    floor = app.REFERENCE_FLOOR
+    blurred_terms, crossentropies = [], []
+    for move in np.arange(0.0, 3.01, 0.25):
+        moved = app.translate_frames(tf.constant(frame), tf.constant([[0.0, move]])).numpy()
+        moved = floor + (1 - 2 * floor) * moved
+        blurred_terms.append(np.sum((blur(target) - blur(moved)) ** 2))
+        crossentropies.append(float(plain(target, moved)))
+    assert np.all(np.diff(blurred_terms) < 0)
+    assert np.any(np.diff(crossentropies) > 0)
+    # A model trained with it survives saving.
+    model = app.build_model(dataclasses.replace(app.SMOKE, blur_loss_weight=0.1,
+                                                blur_loss_sigma=sigma), data)
+    model.fit(data.train.take(2), verbose=0)
+    restored = app_checks.check_keras_round_trip(model, _frames(data), tmp_path)
+    assert (restored.loss.blur_weight, restored.loss.blur_sigma) == (0.1, sigma)
 
 
 # Export and serving.

@@ -10,8 +10,10 @@ decoder, which draws the next frame:
       -> ElmanRNN(ElmanCell): s_t = f(W s_{t-1} + U z_t + b),           # (batch, time, latent_dim)
          o_t = relu(V s_t + c)
       -> FrameDecoder, each step alone: the prediction of x_{t+1}      # (batch, time, 64, 64, 1)
-         (drawn from scratch, or with `decoder="transform"` by moving x_t's own pixels
-         with kernels chosen from o_t and mixing them with per-pixel masks)
+         (drawn from scratch; or with `decoder="transform"` by moving x_t's own pixels
+         with kernels chosen from o_t and mixing them with per-pixel masks; or with
+         `decoder="reference"` by moving layers of the last true frame by displacements
+         that o_t chooses and a rollout adds up)
 
 Strictly causal: the prediction of frame t+1 depends on frames 1..t only (the encoder and
 decoder see one frame each; the recurrence runs forward). `predict_frames` feeds the model its
@@ -45,6 +47,9 @@ FRAME_SIZE = moving_mnist.FRAME_SIZE
 # What `elman demo` and `elman predict nextframe` show: test sequences by index.
 EXAMPLES = ("test:0", "test:1")
 MAX_PREDICTED_FRAMES = 100
+DECODERS = ("pixels", "transform", "reference")
+# The darkest and brightest pixel a reference decoder predicts: REFERENCE_FLOOR and 1 minus it.
+REFERENCE_FLOOR = 0.005
 # The seed of the fixed test set: test sequence i is the same for every config and machine.
 TEST_SEED = 10_000
 
@@ -94,6 +99,14 @@ class Config:
     # alone. 0.5 (teacher forcing, 10 epochs) gave MSE 167.8 / SSIM 0.703 against 145.1 /
     # 0.711 without it, at twice the time per step (README).
     ssim_loss_weight: float = 0.0
+    # The weight of a coarse term: `+ blur_loss_weight * sum of squared differences of the
+    # frames blurred by a Gaussian of `blur_loss_sigma` pixels` (per frame, `FrameLoss`). A
+    # decoder that moves pixels (decoder="reference") needs it: against sharp frames, the
+    # per-pixel loss of a moved digit has a minimum in every pixel cell (a half-pixel blur),
+    # and gradient descent on the move stops there; blurred, the loss falls all the way to the
+    # true move, several pixels away. 0: no such term.
+    blur_loss_weight: float = 0.0
+    blur_loss_sigma: float = 3.0
     # How the decoder draws the next frame. "pixels": from scratch, a transposed CNN over the
     # recurrent output and the current frame's feature maps. "transform": by moving the
     # current frame's own pixels (Finn et al. 2016, CDNA): the recurrent output chooses
@@ -107,6 +120,16 @@ class Config:
     decoder: str = "pixels"
     transform_kernels: int = 4
     transform_kernel_size: int = 9
+    # decoder="reference": the frame is not redrawn or re-moved step after step; the last
+    # true frame (the reference) is split once into `reference_layers` soft layers (a
+    # per-pixel softmax from the decoder CNN, one layer per digit, ideally), and each
+    # predicted frame is those layers moved by their accumulated displacements, one
+    # bilinear translation from the reference per frame (`translate_frames`). The recurrent
+    # output chooses each layer's move of the step, at most `reference_max_step` pixels per
+    # axis; the moved layers add up, capped at 1 where they overlap. A rollout cannot blur
+    # what it never resamples twice.
+    reference_layers: int = 4
+    reference_max_step: float = 6.0
     batch_size: int = 32
     epochs: int = 25
     patience: int = 3
@@ -228,17 +251,30 @@ class FrameEncoder(keras.layers.Layer):
 class FrameDecoder(keras.layers.Layer):
     """Draws one frame per step from the recurrent output and the encoder's feature maps of the
     current frame: `[(batch, time, latent_dim), (batch, time, 32, 32, filters)]`, and with
-    `kernels` the current frames `(batch, time, 64, 64, 1)` as a third input ->
+    `kernels` or `layers` the current frames `(batch, time, 64, 64, 1)` as a third input ->
     `(batch, time, 64, 64, 1)` in [0, 1].
 
-    Without `kernels` the frame is drawn from scratch. With `kernels` (Finn et al. 2016, CDNA),
-    a dense layer maps the recurrent output to `kernels` kernels of `kernel_size`^2 pixels,
-    each softmax-normalized (weights >= 0 that sum to 1: a shift of the frame, or a blend of
-    shifts); each is convolved with the current frame, and a softmax over `kernels + 1`
-    per-pixel masks mixes those moved frames and the drawn one:
+    Without `kernels` or `layers` the frame is drawn from scratch. With `kernels` (Finn et al.
+    2016, CDNA), a dense layer maps the recurrent output to `kernels` kernels of
+    `kernel_size`^2 pixels, each softmax-normalized (weights >= 0 that sum to 1: a shift of
+    the frame, or a blend of shifts); each is convolved with the current frame, and a softmax
+    over `kernels + 1` per-pixel masks mixes those moved frames and the drawn one:
 
         moved_k = current_frame * kernel_k            # (64, 64), k = 1 .. kernels
         next = sum_k mask_k * moved_k + mask_0 * drawn
+
+    With `layers`, the decoder CNN splits a reference frame into `layers` soft layers (a
+    per-pixel softmax, `shares`) and a dense layer maps the recurrent output to each layer's
+    move `(dy, dx)`, at most `max_step` pixels per axis (`reference_parts`); the next frame is
+    the moved layers added up, capped at 1 where they overlap (`compose`):
+
+        layer_k = reference * share_k                 # k = 1 .. layers
+        next = min(1, sum_k translate(layer_k, offset_k))
+
+    Called on a sequence, the reference is each step's current frame and the offset is the
+    step's move (one step ahead). A rollout (`rollout_predictions`, `predict_frames`) keeps
+    the last true frame and its shares as the reference and adds up the moves, so every
+    predicted frame is one translation of true pixels.
 
     Args:
         filters: filters of the encoder's first convolution.
@@ -246,14 +282,23 @@ class FrameDecoder(keras.layers.Layer):
             Default: 0.
         kernel_size: odd int, the side of each kernel: the farthest move is
             `kernel_size // 2` pixels along each axis. Default: 9.
+        layers: int >= 0, the layers of the reference frame; 0: no reference. Not with
+            `kernels`. Default: 0.
+        max_step: float > 0, the largest move of a layer in one step, pixels per axis.
+            Default: 6.
     """
 
-    def __init__(self, filters, kernels=0, kernel_size=9, **kwargs):
+    def __init__(self, filters, kernels=0, kernel_size=9, layers=0, max_step=6.0, **kwargs):
         super().__init__(**kwargs)
         if kernels < 0 or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError("kernels must be >= 0 and kernel_size a positive odd number, "
                              f"received kernels={kernels}, kernel_size={kernel_size}")
+        if layers < 0 or (layers and kernels) or max_step <= 0:
+            raise ValueError("layers must be >= 0, not both layers and kernels, and max_step "
+                             f"> 0, received layers={layers}, kernels={kernels}, "
+                             f"max_step={max_step}")
         self.filters, self.kernels, self.kernel_size = filters, int(kernels), int(kernel_size)
+        self.layers, self.max_step = int(layers), float(max_step)
         transposed = dict(kernel_size=3, strides=2, padding="same", activation="relu")
         self.expand = keras.Sequential([
             keras_layers.Dense(8 * 8 * 4 * filters, activation="relu"),
@@ -264,13 +309,24 @@ class FrameDecoder(keras.layers.Layer):
         self.draw = keras.Sequential([
             keras_layers.Conv2D(filters, 3, padding="same", activation="relu"),
             keras_layers.Conv2DTranspose(filters, **transposed),  # 64x64
-            # Most pixels are background: start near black (sigmoid(-2) = 0.12), not grey.
-            keras_layers.Conv2D(1, 3, padding="same", activation="sigmoid",
-                                bias_initializer=keras.initializers.Constant(-2.0)),
+            # With layers: maps for the shares' head. Else the frame; most pixels are
+            # background: start near black (sigmoid(-2) = 0.12), not grey.
+            keras_layers.Conv2D(filters, 3, padding="same", activation="relu") if self.layers
+            else keras_layers.Conv2D(1, 3, padding="same", activation="sigmoid",
+                                     bias_initializer=keras.initializers.Constant(-2.0)),
         ])
         if self.kernels:
             self.kernel_logits = keras_layers.Dense(self.kernels * self.kernel_size ** 2)
             self.mask_logits = keras_layers.Conv2D(self.kernels + 1, 3, padding="same")
+        if self.layers:
+            # Small random moves, a different one for each layer: layers that start alike get
+            # alike gradients and stay alike (with 2 layers and stddev 1e-3 the validation MSE
+            # after 100 steps was 154, with 4 and 2e-2 it was 133); and at whole-pixel offsets
+            # (zero) a bilinear translation has no gradient with respect to the offset.
+            self.steps = keras_layers.Dense(
+                2 * self.layers, kernel_initializer=keras.initializers.RandomNormal(
+                    stddev=2e-2, seed=0))
+            self.share_logits = keras_layers.Conv2D(self.layers, 3, padding="same")
 
     def build(self, input_shape):
         latent_shape = input_shape[0]
@@ -279,21 +335,101 @@ class FrameDecoder(keras.layers.Layer):
         if self.kernels:
             self.kernel_logits.build((None, latent_shape[-1]))
             self.mask_logits.build((None, FRAME_SIZE, FRAME_SIZE, self.filters))
+        if self.layers:
+            self.steps.build((None, latent_shape[-1]))
+            self.share_logits.build((None, FRAME_SIZE, FRAME_SIZE,
+                                     self.filters + 1 + self.layers))
+
+    def _hidden(self, flat_outputs, features):
+        """`(n, latent_dim)`, `(n, 32, 32, filters)` -> the last hidden maps
+        `(n, 64, 64, filters)`."""
+        features = ops.reshape(features, (-1, FRAME_SIZE // 2, FRAME_SIZE // 2, self.filters))
+        hidden = ops.concatenate([self.expand(flat_outputs), features], axis=-1)
+        for layer in self.draw.layers[:-1]:
+            hidden = layer(hidden)
+        return hidden
+
+    def reference_parts(self, outputs, features, frames):
+        """How each frame of a sequence splits into layers, and each layer's move.
+
+        A layer's pixels are those that move together: besides the decoder's maps, the shares'
+        head sees the frame and, for each layer, the previous frame moved by the layer's
+        previous move (the evidence of which pixels that move explains; no gradient flows
+        through it).
+
+        Args:
+            outputs: `(batch, time, latent_dim)` recurrent outputs.
+            features: `(batch, time, 32, 32, filters)` the encoder's maps of each frame.
+            frames: `(batch, time, 64, 64, 1)` the frames read.
+
+        Returns:
+            `shares` `(batch, time, 64, 64, layers)` (>= 0, summing to 1 at each pixel) and
+            `moves` `(batch, time, layers, 2)`, `(dy, dx)` in pixels: step t's layers of
+            frame t and their moves to frame t + 1.
+        """
+        batch, time = ops.shape(outputs)[0], ops.shape(outputs)[1]
+        flat_outputs = ops.reshape(outputs, (-1, outputs.shape[-1]))
+        moves = ops.reshape(self.moves(flat_outputs), (batch, time, self.layers, 2))
+        # Before the first frame: no move, and the frame itself.
+        previous_moves = ops.concatenate([ops.zeros_like(moves[:, :1]), moves[:, :-1]], axis=1)
+        previous_frames = ops.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
+        shares = self.shares(
+            flat_outputs, features, ops.reshape(frames, (-1, FRAME_SIZE, FRAME_SIZE, 1)),
+            ops.reshape(previous_frames, (-1, FRAME_SIZE, FRAME_SIZE, 1)),
+            ops.reshape(previous_moves, (-1, self.layers, 2)))
+        return ops.reshape(shares, (batch, time, FRAME_SIZE, FRAME_SIZE, self.layers)), moves
+
+    def shares(self, outputs, features, frames, previous_frames, previous_moves):
+        """The shares of one step: `outputs` `(n, latent_dim)`, `features`
+        `(n, 32, 32, filters)`, `frames` and `previous_frames` `(n, 64, 64, 1)`,
+        `previous_moves` `(n, layers, 2)` -> `(n, 64, 64, layers)`."""
+        previous_moves = ops.stop_gradient(previous_moves)
+        # (n * layers, 64, 64, 1): the previous frame moved by each previous move.
+        evidence = translate_frames(
+            ops.reshape(ops.repeat(previous_frames[:, None], self.layers, axis=1),
+                        (-1, FRAME_SIZE, FRAME_SIZE, 1)),
+            ops.reshape(previous_moves, (-1, 2)))
+        evidence = ops.transpose(ops.reshape(evidence, (-1, self.layers, FRAME_SIZE,
+                                                        FRAME_SIZE)), (0, 2, 3, 1))
+        maps = self.draw.layers[-1](self._hidden(outputs, features))
+        logits = self.share_logits(ops.concatenate([maps, frames, evidence], axis=-1))
+        return ops.softmax(logits, axis=-1)
+
+    def moves(self, outputs):
+        """Each layer's move for one step: `(n, latent_dim)` -> `(n, layers, 2)`, `(dy, dx)`."""
+        return self.max_step * ops.tanh(ops.reshape(self.steps(outputs), (-1, self.layers, 2)))
+
+    def compose(self, reference, shares, offsets):
+        """The reference's layers moved by `offsets` `(n, layers, 2)` and combined:
+        `reference` `(n, 64, 64, 1)`, `shares` `(n, 64, 64, layers)` -> `(n, 64, 64, 1)`."""
+        layers = ops.transpose(reference * shares, (0, 3, 1, 2))  # (n, layers, 64, 64)
+        moved = translate_frames(ops.reshape(layers, (-1, FRAME_SIZE, FRAME_SIZE, 1)),
+                                 ops.reshape(offsets, (-1, 2)))
+        moved = ops.reshape(moved, (-1, self.layers, FRAME_SIZE, FRAME_SIZE))
+        # The sum keeps the reference's brightness wherever the shares are soft; capped at 1
+        # where moved layers overlap, as the digits combine (by their maximum).
+        frame = ops.minimum(ops.sum(moved, axis=1), 1.0)
+        # Never exactly 0 or 1: the cross-entropy clips its input, and a clipped pixel (a
+        # digit moved to the wrong place) would give no gradient.
+        return (REFERENCE_FLOOR + (1.0 - 2.0 * REFERENCE_FLOOR) * frame)[..., None]
 
     def call(self, inputs):
         outputs, features, *current = inputs
         batch, time = ops.shape(outputs)[0], ops.shape(outputs)[1]
         flat_outputs = ops.reshape(outputs, (-1, outputs.shape[-1]))
-        expanded = self.expand(flat_outputs)
-        features = ops.reshape(features, (-1, FRAME_SIZE // 2, FRAME_SIZE // 2, self.filters))
-        hidden = ops.concatenate([expanded, features], axis=-1)
-        for layer in self.draw.layers[:-1]:
-            hidden = layer(hidden)  # (batch * time, 64, 64, filters)
+        if (self.kernels or self.layers) and not current:
+            raise ValueError("a FrameDecoder with kernels or layers needs the current frames "
+                             "as its third input")
+        if self.layers:
+            shares, moves = self.reference_parts(outputs, features, current[0])
+            frames = self.compose(
+                ops.reshape(current[0], (-1, FRAME_SIZE, FRAME_SIZE, 1)),
+                ops.reshape(shares, (-1, FRAME_SIZE, FRAME_SIZE, self.layers)),
+                ops.reshape(moves, (-1, self.layers, 2)))
+            return ops.reshape(frames, (batch, time, FRAME_SIZE, FRAME_SIZE, 1))
+        hidden = self._hidden(flat_outputs, features)  # (batch * time, 64, 64, filters)
         frames = self.draw.layers[-1](hidden)  # (batch * time, 64, 64, 1)
         if self.kernels:
-            if not current:
-                raise ValueError("a FrameDecoder with kernels needs the current frames as its "
-                                 "third input")
             current = ops.reshape(current[0], (-1, FRAME_SIZE, FRAME_SIZE, 1))
             kernels = ops.softmax(ops.reshape(
                 self.kernel_logits(flat_outputs),
@@ -312,7 +448,36 @@ class FrameDecoder(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernels": self.kernels,
-                "kernel_size": self.kernel_size}
+                "kernel_size": self.kernel_size, "layers": self.layers,
+                "max_step": self.max_step}
+
+
+def translate_frames(frames, offsets):
+    """Moves each frame by its own offset, bilinearly, with zeros entering at the edges;
+    differentiable in the frames and the offsets.
+
+    Output pixel (i, j) is the frame sampled at `(i - dy, j - dx)`: a translation is separable,
+    so it is two products with `(height, height)` and `(width, width)` interpolation matrices,
+    `T[i, a] = max(0, 1 - |i - offset - a|)`.
+
+    Args:
+        frames: `(n, height, width, 1)`.
+        offsets: `(n, 2)`, `(dy, dx)` in pixels, any real numbers.
+
+    Returns:
+        `(n, height, width, 1)`.
+    """
+    height, width = frames.shape[1], frames.shape[2]
+    offsets = ops.cast(offsets, frames.dtype)
+
+    def interpolation(size, offset):  # (n, size, size)
+        positions = ops.cast(ops.arange(size), frames.dtype)
+        distance = positions[None, :, None] - offset[:, None, None] - positions[None, None, :]
+        return ops.relu(1.0 - ops.abs(distance))
+
+    rows, columns = interpolation(height, offsets[:, 0]), interpolation(width, offsets[:, 1])
+    moved = ops.matmul(ops.matmul(rows, frames[..., 0]), ops.transpose(columns, (0, 2, 1)))
+    return moved[..., None]
 
 
 def move_frames(frames, kernels):
@@ -357,10 +522,18 @@ def build_model(config, data=None, recurrent_layer=None):
                   activation=config.activation),
         return_sequences=True, name="elman")
     outputs = recurrent(latent)  # (batch, time, latent_dim): o_t = relu(V s_t + c)
-    if config.decoder not in ("pixels", "transform"):
-        raise ValueError(f'decoder must be "pixels" or "transform", received {config.decoder!r}')
-    kernels = config.transform_kernels if config.decoder == "transform" else 0
-    decoder = FrameDecoder(config.filters, kernels, config.transform_kernel_size, name="decoder")
+    if config.decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(map(repr, DECODERS))}, received "
+                         f"{config.decoder!r}")
+    if config.decoder == "reference" and config.train_on_rollouts and config.rollout_ramp_epochs:
+        raise ValueError('decoder="reference" moves the last true frame, so its rollouts '
+                         "cannot read sampled true frames: set rollout_ramp_epochs=0 (use "
+                         "rollout_start_epoch for a curriculum)")
+    decoder = FrameDecoder(
+        config.filters, config.transform_kernels if config.decoder == "transform" else 0,
+        config.transform_kernel_size,
+        layers=config.reference_layers if config.decoder == "reference" else 0,
+        max_step=config.reference_max_step, name="decoder")
     predicted = decoder([outputs, features, frames])
     steps_per_epoch = -(-config.train_sequences // config.batch_size)
     model = RolloutModel(frames, predicted, name="nextframe_elman",
@@ -369,19 +542,26 @@ def build_model(config, data=None, recurrent_layer=None):
                          start_steps=config.rollout_start_epoch * steps_per_epoch,
                          seed=config.seed)
     optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
-    loss = (FrameLoss(config.ssim_loss_weight) if config.ssim_loss_weight
-            else "binary_crossentropy")
+    loss = (FrameLoss(config.ssim_loss_weight, config.blur_loss_weight, config.blur_loss_sigma)
+            if config.ssim_loss_weight or config.blur_loss_weight else "binary_crossentropy")
     model.compile(optimizer, loss=loss, metrics=["mse", "mae"])
     return model
 
 
 @keras.saving.register_keras_serializable(package="elman")
 class FrameLoss(keras.losses.Loss):
-    """Per-pixel binary cross-entropy plus `ssim_weight * (1 - SSIM)`, per frame.
+    """Per-pixel binary cross-entropy, plus `ssim_weight * (1 - SSIM)`, plus `blur_weight *` the
+    squared error of the frames blurred by a Gaussian of `blur_sigma` pixels, per frame:
+
+        loss = mean_pixels BCE(y, p) + ssim_weight * (1 - SSIM(y, p))
+               + blur_weight * sum_pixels (G * y - G * p)^2
 
     Args:
         ssim_weight: float >= 0, the weight of the SSIM term (`tf.image.ssim`, 11x11 Gaussian
-            windows, pixel values in [0, 1]).
+            windows, pixel values in [0, 1]). Default: 0.
+        blur_weight: float >= 0, the weight of the blurred term. Default: 0.
+        blur_sigma: float > 0, the Gaussian's standard deviation in pixels (a
+            `2 * ceil(3 * sigma) + 1` square kernel, zeros outside the frame). Default: 3.
 
     Call arguments:
         y_true: `(batch, time, height, width, 1)` true frames in [0, 1].
@@ -391,23 +571,42 @@ class FrameLoss(keras.losses.Loss):
         `(batch, time)` losses, reduced by Keras to their mean.
     """
 
-    def __init__(self, ssim_weight=0.0, name="frame_loss", **kwargs):
+    def __init__(self, ssim_weight=0.0, blur_weight=0.0, blur_sigma=3.0, name="frame_loss",
+                 **kwargs):
         super().__init__(name=name, **kwargs)
-        if ssim_weight < 0:
-            raise ValueError(f"ssim_weight must be >= 0, received ssim_weight={ssim_weight}")
-        self.ssim_weight = float(ssim_weight)
+        if ssim_weight < 0 or blur_weight < 0 or blur_sigma <= 0:
+            raise ValueError("ssim_weight and blur_weight must be >= 0 and blur_sigma > 0, "
+                             f"received ssim_weight={ssim_weight}, blur_weight={blur_weight}, "
+                             f"blur_sigma={blur_sigma}")
+        self.ssim_weight, self.blur_weight = float(ssim_weight), float(blur_weight)
+        self.blur_sigma = float(blur_sigma)
+
+    def blur(self, frames):
+        """`(..., height, width, 1)` -> the same, convolved with the Gaussian."""
+        radius = int(np.ceil(3 * self.blur_sigma))
+        taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * self.blur_sigma ** 2))
+        taps = (taps / taps.sum()).astype("float32")
+        shape = ops.shape(frames)
+        single = ops.reshape(frames, (-1, shape[-3], shape[-2], 1))
+        # Separable: a column, then a row.
+        single = tf.nn.conv2d(single, taps[:, None, None, None], 1, "SAME")
+        single = tf.nn.conv2d(single, taps[None, :, None, None], 1, "SAME")
+        return ops.reshape(single, shape)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
         # (batch, time): the mean over the pixels of each frame.
-        crossentropy = ops.mean(ops.binary_crossentropy(y_true, y_pred), axis=(-3, -2, -1))
-        if not self.ssim_weight:
-            return crossentropy
-        return crossentropy + self.ssim_weight * (1.0 - tf.image.ssim(y_true, y_pred,
-                                                                        max_val=1.0))
+        loss = ops.mean(ops.binary_crossentropy(y_true, y_pred), axis=(-3, -2, -1))
+        if self.ssim_weight:
+            loss += self.ssim_weight * (1.0 - tf.image.ssim(y_true, y_pred, max_val=1.0))
+        if self.blur_weight:
+            loss += self.blur_weight * ops.sum(
+                ops.square(self.blur(y_true) - self.blur(y_pred)), axis=(-3, -2, -1))
+        return loss
 
     def get_config(self):
-        return {**super().get_config(), "ssim_weight": self.ssim_weight}
+        return {**super().get_config(), "ssim_weight": self.ssim_weight,
+                "blur_weight": self.blur_weight, "blur_sigma": self.blur_sigma}
 
 
 def _parts(model):
@@ -459,13 +658,27 @@ def rollout_predictions(model, frames, input_frames, training=False, own_probabi
                              training=training)
     predicted, frame = [teacher_forced], teacher_forced[:, -1:]
     sampled = not (isinstance(own_probability, (int, float)) and own_probability >= 1)
+    if decoder.layers:
+        if sampled:
+            raise ValueError("a FrameDecoder with layers rolls out from the last true frame "
+                             "only: own_probability must be 1")
+        # The last true frame is the reference: its shares, and the moves added up.
+        reference = frames[:, input_frames - 1]
+        offsets = decoder.moves(outputs[-1])
+        shares = decoder.shares(
+            outputs[-1], features[:, -1], reference, frames[:, max(input_frames - 2, 0)],
+            decoder.moves(outputs[-2]) if input_frames > 1 else ops.zeros_like(offsets))
     for step in range(frames.shape[1] - input_frames):
         if sampled:
             own = keras.random.uniform((batch, 1, 1, 1, 1), seed=seed) < own_probability
             frame = ops.where(own, frame, frames[:, input_frames + step:input_frames + step + 1])
         latent, features = encoder(frame, training=training)
         output, states = cell(latent[:, 0], states, training=training)
-        frame = decoder([output[:, None], features, frame], training=training)
+        if decoder.layers:
+            offsets = offsets + decoder.moves(output)
+            frame = decoder.compose(reference, shares, offsets)[:, None]
+        else:
+            frame = decoder([output[:, None], features, frame], training=training)
         predicted.append(frame)
     return ops.concatenate(predicted, axis=1)
 
@@ -592,28 +805,45 @@ def predict_frames(model, frames, num_frames):
     latent, features = encoder(frames)
     states = _initial_states(recurrent, batch)
 
-    def read(t, states, _):
-        output, states = cell(latent[:, t], states, training=False)
-        return t + 1, states, output
+    def read(t, states, output, _):
+        new_output, states = cell(latent[:, t], states, training=False)
+        return t + 1, states, new_output, output
 
-    # Read the given frames: the states after the last one and its output.
-    _, states, output = tf.while_loop(
+    # Read the given frames: the states after the last one, its output and the one before.
+    given, states, output, previous_output = tf.while_loop(
         lambda t, *_: t < tf.shape(frames)[1], read,
-        (tf.constant(0), states, tf.zeros([batch, cell.output_size])))
+        (tf.constant(0), states, tf.zeros([batch, cell.output_size]),
+         tf.zeros([batch, cell.output_size])))
     last_features, last_frame = features[:, -1:], frames[:, -1:]
     predicted = tf.TensorArray(tf.float32, size=num_frames,
                                element_shape=tf.TensorShape([None, FRAME_SIZE, FRAME_SIZE, 1]))
+    if decoder.layers:
+        # The last given frame is the reference: its shares, and the moves added up.
+        reference = frames[:, -1]
+        offsets = decoder.moves(output)
+        # Before the first frame: no move, and the frame itself.
+        previous_moves = tf.where(given > 1, decoder.moves(previous_output),
+                                  tf.zeros_like(offsets))
+        shares = decoder.shares(output, features[:, -1], reference,
+                                frames[:, tf.maximum(given - 2, 0)], previous_moves)
+    else:
+        offsets = tf.zeros([batch, 0, 2])
 
-    def roll(k, states, output, last_features, last_frame, predicted):
-        frame = decoder([output[:, None], last_features, last_frame])  # (batch, 1, 64, 64, 1)
+    def roll(k, states, output, last_features, last_frame, offsets, predicted):
+        if decoder.layers:
+            frame = decoder.compose(reference, shares, offsets)[:, None]
+        else:
+            frame = decoder([output[:, None], last_features, last_frame])  # (batch, 1, 64, 64, 1)
         predicted = predicted.write(k, frame[:, 0])
         new_latent, last_features = encoder(frame)
         output, states = cell(new_latent[:, 0], states, training=False)
-        return k + 1, states, output, last_features, frame, predicted
+        if decoder.layers:
+            offsets = offsets + decoder.moves(output)
+        return k + 1, states, output, last_features, frame, offsets, predicted
 
     *_, predicted = tf.while_loop(
         lambda k, *_: k < num_frames, roll,
-        (tf.constant(0), states, output, last_features, last_frame, predicted))
+        (tf.constant(0), states, output, last_features, last_frame, offsets, predicted))
     return tf.transpose(predicted.stack(), [1, 0, 2, 3, 4])
 
 
