@@ -127,7 +127,9 @@ class Config:
     # bilinear translation from the reference per frame (`translate_frames`). The recurrent
     # output chooses each layer's move of the step, at most `reference_max_step` pixels per
     # axis; the moved layers add up, capped at 1 where they overlap. A rollout cannot blur
-    # what it never resamples twice.
+    # what it never resamples twice. Measured (README, 12 epochs on rollouts,
+    # blur_loss_weight=0.1): MSE 145.1 / MAE 274.9 / SSIM 0.481; the layers split the
+    # digits, but each digit over two layers that move apart (ghosts), so it stays off.
     reference_layers: int = 4
     reference_max_step: float = 6.0
     batch_size: int = 32
