@@ -375,31 +375,31 @@ class FrameDecoder(keras.layers.Layer):
         # Before the first frame: no move, and the frame itself.
         previous_moves = ops.concatenate([ops.zeros_like(moves[:, :1]), moves[:, :-1]], axis=1)
         previous_frames = ops.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
-        shares = self.shares(
-            flat_outputs, features, ops.reshape(frames, (-1, FRAME_SIZE, FRAME_SIZE, 1)),
-            ops.reshape(previous_frames, (-1, FRAME_SIZE, FRAME_SIZE, 1)),
-            ops.reshape(previous_moves, (-1, self.layers, 2)))
-        return ops.reshape(shares, (batch, time, FRAME_SIZE, FRAME_SIZE, self.layers)), moves
-
-    def shares(self, outputs, features, frames, previous_frames, previous_moves):
-        """The shares of one step: `outputs` `(n, latent_dim)`, `features`
-        `(n, 32, 32, filters)`, `frames` and `previous_frames` `(n, 64, 64, 1)`,
-        `previous_moves` `(n, layers, 2)` -> `(n, 64, 64, layers)`."""
-        previous_moves = ops.stop_gradient(previous_moves)
-        # (n * layers, 64, 64, 1): the previous frame moved by each previous move.
+        # (batch * time * layers, 64, 64, 1): the previous frame moved by each previous move.
         evidence = translate_frames(
-            ops.reshape(ops.repeat(previous_frames[:, None], self.layers, axis=1),
+            ops.reshape(ops.repeat(previous_frames[:, :, None], self.layers, axis=2),
                         (-1, FRAME_SIZE, FRAME_SIZE, 1)),
-            ops.reshape(previous_moves, (-1, 2)))
+            ops.reshape(ops.stop_gradient(previous_moves), (-1, 2)))
         evidence = ops.transpose(ops.reshape(evidence, (-1, self.layers, FRAME_SIZE,
                                                         FRAME_SIZE)), (0, 2, 3, 1))
-        maps = self.draw.layers[-1](self._hidden(outputs, features))
-        logits = self.share_logits(ops.concatenate([maps, frames, evidence], axis=-1))
-        return ops.softmax(logits, axis=-1)
+        maps = self.draw.layers[-1](self._hidden(flat_outputs, features))
+        logits = self.share_logits(ops.concatenate(
+            [maps, ops.reshape(frames, (-1, FRAME_SIZE, FRAME_SIZE, 1)), evidence], axis=-1))
+        shares = ops.softmax(logits, axis=-1)
+        return ops.reshape(shares, (batch, time, FRAME_SIZE, FRAME_SIZE, self.layers)), moves
 
     def moves(self, outputs):
         """Each layer's move for one step: `(n, latent_dim)` -> `(n, layers, 2)`, `(dy, dx)`."""
         return self.max_step * ops.tanh(ops.reshape(self.steps(outputs), (-1, self.layers, 2)))
+
+    def compose_steps(self, frames, shares, moves):
+        """Each step's frame moved one step by its own layers: `frames` `(batch, time, 64, 64,
+        1)` and `reference_parts` of them -> the predictions `(batch, time, 64, 64, 1)`."""
+        batch, time = ops.shape(frames)[0], ops.shape(frames)[1]
+        predicted = self.compose(ops.reshape(frames, (-1, FRAME_SIZE, FRAME_SIZE, 1)),
+                                 ops.reshape(shares, (-1, FRAME_SIZE, FRAME_SIZE, self.layers)),
+                                 ops.reshape(moves, (-1, self.layers, 2)))
+        return ops.reshape(predicted, (batch, time, FRAME_SIZE, FRAME_SIZE, 1))
 
     def compose(self, reference, shares, offsets):
         """The reference's layers moved by `offsets` `(n, layers, 2)` and combined:
@@ -423,12 +423,8 @@ class FrameDecoder(keras.layers.Layer):
             raise ValueError("a FrameDecoder with kernels or layers needs the current frames "
                              "as its third input")
         if self.layers:
-            shares, moves = self.reference_parts(outputs, features, current[0])
-            frames = self.compose(
-                ops.reshape(current[0], (-1, FRAME_SIZE, FRAME_SIZE, 1)),
-                ops.reshape(shares, (-1, FRAME_SIZE, FRAME_SIZE, self.layers)),
-                ops.reshape(moves, (-1, self.layers, 2)))
-            return ops.reshape(frames, (batch, time, FRAME_SIZE, FRAME_SIZE, 1))
+            return self.compose_steps(current[0],
+                                      *self.reference_parts(outputs, features, current[0]))
         hidden = self._hidden(flat_outputs, features)  # (batch * time, 64, 64, filters)
         frames = self.draw.layers[-1](hidden)  # (batch * time, 64, 64, 1)
         if self.kernels:
@@ -656,20 +652,20 @@ def rollout_predictions(model, frames, input_frames, training=False, own_probabi
     for t in range(input_frames):
         output, states = cell(latent[:, t], states, training=training)
         outputs.append(output)
-    teacher_forced = decoder([ops.stack(outputs, axis=1), features, frames[:, :input_frames]],
-                             training=training)
-    predicted, frame = [teacher_forced], teacher_forced[:, -1:]
+    outputs, read = ops.stack(outputs, axis=1), frames[:, :input_frames]
     sampled = not (isinstance(own_probability, (int, float)) and own_probability >= 1)
     if decoder.layers:
         if sampled:
             raise ValueError("a FrameDecoder with layers rolls out from the last true frame "
                              "only: own_probability must be 1")
-        # The last true frame is the reference: its shares, and the moves added up.
-        reference = frames[:, input_frames - 1]
-        offsets = decoder.moves(outputs[-1])
-        shares = decoder.shares(
-            outputs[-1], features[:, -1], reference, frames[:, max(input_frames - 2, 0)],
-            decoder.moves(outputs[-2]) if input_frames > 1 else ops.zeros_like(offsets))
+        # The decoder's call, in two parts, so that the rollout keeps the last true frame's
+        # shares and move: that frame is the reference, and the moves add up.
+        shares, moves = decoder.reference_parts(outputs, features, read)
+        teacher_forced = decoder.compose_steps(read, shares, moves)
+        reference, shares, offsets = read[:, -1], shares[:, -1], moves[:, -1]
+    else:
+        teacher_forced = decoder([outputs, features, read], training=training)
+    predicted, frame = [teacher_forced], teacher_forced[:, -1:]
     for step in range(frames.shape[1] - input_frames):
         if sampled:
             own = keras.random.uniform((batch, 1, 1, 1, 1), seed=seed) < own_probability
@@ -807,27 +803,24 @@ def predict_frames(model, frames, num_frames):
     latent, features = encoder(frames)
     states = _initial_states(recurrent, batch)
 
-    def read(t, states, output, _):
-        new_output, states = cell(latent[:, t], states, training=False)
-        return t + 1, states, new_output, output
+    def read(t, states, _, outputs):
+        output, states = cell(latent[:, t], states, training=False)
+        return t + 1, states, output, outputs.write(t, output)
 
-    # Read the given frames: the states after the last one, its output and the one before.
-    given, states, output, previous_output = tf.while_loop(
+    # Read the given frames: the states after the last one, its output, and every output.
+    _, states, output, outputs = tf.while_loop(
         lambda t, *_: t < tf.shape(frames)[1], read,
         (tf.constant(0), states, tf.zeros([batch, cell.output_size]),
-         tf.zeros([batch, cell.output_size])))
+         tf.TensorArray(tf.float32, size=tf.shape(frames)[1])))
     last_features, last_frame = features[:, -1:], frames[:, -1:]
     predicted = tf.TensorArray(tf.float32, size=num_frames,
                                element_shape=tf.TensorShape([None, FRAME_SIZE, FRAME_SIZE, 1]))
     if decoder.layers:
-        # The last given frame is the reference: its shares, and the moves added up.
-        reference = frames[:, -1]
-        offsets = decoder.moves(output)
-        # Before the first frame: no move, and the frame itself.
-        previous_moves = tf.where(given > 1, decoder.moves(previous_output),
-                                  tf.zeros_like(offsets))
-        shares = decoder.shares(output, features[:, -1], reference,
-                                frames[:, tf.maximum(given - 2, 0)], previous_moves)
+        # The last given frame is the reference: its shares and move (which read the step
+        # before it), and the moves add up.
+        outputs = tf.transpose(outputs.stack()[-2:], [1, 0, 2])
+        shares, moves = decoder.reference_parts(outputs, features[:, -2:], frames[:, -2:])
+        reference, shares, offsets = frames[:, -1], shares[:, -1], moves[:, -1]
     else:
         offsets = tf.zeros([batch, 0, 2])
 
