@@ -107,21 +107,25 @@ def _download(folder, name):
     return Path(keras.utils.get_file(name, URL + name, cache_dir=str(folder), cache_subdir="."))
 
 
-def moving_sequence(digits, index, seed, frames=20, digits_per_sequence=2):
+def moving_sequence(digits, index, seed, frames=20, digits_per_sequence=2,
+                    return_positions=False):
     """Sequence `index` of the split seeded by `seed`: `(frames, 64, 64)` uint8.
 
     A pure function of `(seed, index)` and the digit images: the same sequence on every machine.
+    With `return_positions`, also where each digit was drawn: `(frames, digits_per_sequence,
+    2)` int, the `(row, column)` of its 28x28 image's top-left corner.
     """
     generator = np.random.default_rng([seed, index])
     canvas = np.zeros((frames, FRAME_SIZE, FRAME_SIZE), np.uint8)
+    corners = np.zeros((frames, digits_per_sequence, 2), int)
     free = FRAME_SIZE - DIGIT_SIZE
-    for _ in range(digits_per_sequence):
+    for digit in range(digits_per_sequence):
         image = digits[generator.integers(len(digits))]
         position = generator.uniform(0, free, size=2)
         angle = generator.uniform(0, 2 * np.pi)
         velocity = STEP * np.array([np.sin(angle), np.cos(angle)])
         for frame in range(frames):
-            top, left = np.round(position).astype(int)
+            top, left = corners[frame, digit] = np.round(position).astype(int)
             window = canvas[frame, top:top + DIGIT_SIZE, left:left + DIGIT_SIZE]
             np.maximum(window, image, out=window)
             position = position + velocity
@@ -130,7 +134,7 @@ def moving_sequence(digits, index, seed, frames=20, digits_per_sequence=2):
                     position[axis], velocity[axis] = -position[axis], -velocity[axis]
                 elif position[axis] > free:
                     position[axis], velocity[axis] = 2 * free - position[axis], -velocity[axis]
-    return canvas
+    return (canvas, corners) if return_positions else canvas
 
 
 def moving_sequences(digits, indices, seed, frames=20, digits_per_sequence=2):
