@@ -27,7 +27,9 @@ class LatentConvLSTMCell(keras.layers.Layer):
     """A ConvLSTM2D step on the latent vector seen as 8x8 maps, then a 1x1 convolution back to
     the latent size: `(batch, latent_dim)` -> `(batch, latent_dim)`, states `[h, c]`
     `(batch, 8, 8, 4 * latent_dim / 64)`. An RNN cell, so that `keras.layers.RNN` runs it over
-    a sequence and the app's rollouts step it as they step the Elman cell.
+    a sequence and the app's rollouts step it as they step the Elman cell. An input of another
+    size (the latent vector and the tracked objects, with `reference_split="tracks"`) is
+    first mapped to the latent size by a dense layer.
 
     Args:
         latent_dim: a multiple of 64.
@@ -49,10 +51,16 @@ class LatentConvLSTMCell(keras.layers.Layer):
         self.output_size = latent_dim
 
     def build(self, input_shape):
+        self.project_input = None
+        if input_shape[-1] != self.latent_dim:
+            self.project_input = keras.layers.Dense(self.latent_dim)
+            self.project_input.build(input_shape)
         self.conv_lstm.build((None, 8, 8, self.channels))
         self.project.build((None, 8, 8, 4 * self.channels))
 
     def call(self, inputs, states, training=False):
+        if self.project_input is not None:
+            inputs = self.project_input(inputs)
         maps = keras.ops.reshape(inputs, (-1, 8, 8, self.channels))
         h, states = self.conv_lstm(maps, states, training=training)
         return keras.ops.reshape(self.project(h), (-1, self.latent_dim)), states

@@ -25,14 +25,17 @@ def data():
 
 
 # Every decoder: drawing frames from scratch, moving the current frame's pixels, and moving
-# layers of the last true frame.
+# layers of the last true frame, split by the decoder CNN or by tracking the objects.
 DECODERS = app.DECODERS
+TRACKED = dict(decoder="reference", reference_split="tracks", reference_layers=2)
+VARIANTS = {**{decoder: dict(decoder=decoder) for decoder in DECODERS}, "tracked": TRACKED,
+            "tracks only": dict(TRACKED, tracks_only=True)}
 
 
-@pytest.fixture(scope="module", params=DECODERS)
+@pytest.fixture(scope="module", params=list(VARIANTS))
 def model(data, request):
     keras.utils.set_random_seed(0)
-    model = app.build_model(dataclasses.replace(app.SMOKE, decoder=request.param), data)
+    model = app.build_model(dataclasses.replace(app.SMOKE, **VARIANTS[request.param]), data)
     model.fit(data.train.take(4), verbose=0)  # Trained a little: outputs are not all alike.
     return model
 
@@ -56,6 +59,20 @@ def test_sequences_are_deterministic_bounded_and_moving():
     assert not np.array_equal(first[0], first[1])
     batch = moving_mnist.moving_sequences(digits, [3, 4], seed=5)
     np.testing.assert_array_equal(batch[0], first)
+    # Where each shape was drawn: the frame is the shapes at those corners, by their maximum.
+    same, corners = moving_mnist.moving_sequence(digits, 3, seed=5, return_positions=True)
+    np.testing.assert_array_equal(same, first)
+    assert corners.shape == (20, 2, 2) and corners.min() >= 0 and corners.max() <= 36
+    generator = np.random.default_rng([5, 3])
+    images = [digits[generator.integers(len(digits))]]
+    generator.uniform(size=3)  # the first shape's position and angle
+    images.append(digits[generator.integers(len(digits))])
+    for frame in (0, 11):
+        drawn = np.zeros((64, 64), np.uint8)
+        for image, (row, column) in zip(images, corners[frame]):
+            np.maximum(drawn[row:row + 28, column:column + 28], image,
+                       out=drawn[row:row + 28, column:column + 28])
+        np.testing.assert_array_equal(drawn, first[frame])
 
 
 def test_a_digit_moves_at_constant_speed_and_bounces():
@@ -131,7 +148,11 @@ def _check_reference_rollout(model, frames, predicted):
     """A reference decoder's rollout: predicted frame k is the last given frame's layers (split
     as the teacher-forced model splits it) moved by the moves the cell chose after reading
     the given frames and predicted frames 0..k-1, added up."""
-    encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
+    decoder = model.get_layer("decoder")
+    if decoder.tracked:
+        _check_tracked_rollout(model, frames, predicted)
+        return
+    encoder = model.get_layer("encoder")
     recurrent = [layer for layer in model.layers if hasattr(layer, "cell")][0]
     seen = np.concatenate([frames, predicted[:, :-1]], axis=1)
     latent, features = encoder(seen)
@@ -144,6 +165,44 @@ def _check_reference_rollout(model, frames, predicted):
         expected = decoder.compose(frames[:, -1], shares, offsets).numpy()
         np.testing.assert_allclose(predicted[:, k], expected, atol=1e-5)
     # The first predicted frame is the teacher-forced prediction of the frame after the last.
+    np.testing.assert_allclose(predicted[:, 0], model(frames).numpy()[:, -1], atol=1e-5)
+
+
+def _check_tracked_rollout(model, frames, predicted):
+    """With the tracked split the cell reads where the objects are: after the given frames
+    (their tracked centers and moves), the reference's centers moved by the moves added up,
+    and the last move; stepped here one cell call at a time."""
+    encoder, recurrent, decoder = app._parts(model)
+    tracker, cell = model.get_layer("tracker"), recurrent.cell
+
+    def latent_of(frames):  # (batch, time, latent_dim), or nothing with tracks_only
+        return encoder(frames)[0] if encoder is not None else frames[:, :, :0, 0, 0]
+
+    latent = latent_of(frames)
+    centers, layers = (part.numpy() for part in tracker(frames))
+    last_moves = np.concatenate([np.zeros_like(centers[:, :1]), np.diff(centers, axis=1)], 1)
+    states = app._initial_states(recurrent, len(frames))
+    for t in range(frames.shape[1]):
+        features_t = app.track_features(centers[:, t], last_moves[:, t])
+        output, states = cell(tf.concat([latent[:, t], features_t], -1), states)
+    outputs = recurrent(tf.concat([latent, app.track_features(centers, last_moves)], -1))
+    np.testing.assert_allclose(outputs[:, -1], output, atol=1e-5)
+    move = decoder.moves(output, centers[:, -1], last_moves[:, -1]).numpy()
+    offsets = move.copy()
+    for k in range(predicted.shape[1]):
+        # The last given frame's layers moved, combined by their maximum.
+        moved = np.max([[_bilinear_translation(layers[example, -1, ..., index],
+                                               *offsets[example, index])
+                         for index in range(decoder.layers)] for example in range(len(frames))],
+                       axis=1)
+        expected = app.REFERENCE_FLOOR + (1 - 2 * app.REFERENCE_FLOOR) * moved
+        np.testing.assert_allclose(predicted[:, k, ..., 0], expected, atol=1e-5)
+        positions = centers[:, -1] + offsets
+        read = tf.concat([latent_of(predicted[:, k:k + 1])[:, 0],
+                          app.track_features(positions, move)], -1)
+        output, states = cell(read, states)
+        move = decoder.moves(output, positions, move).numpy()
+        offsets = offsets + move
     np.testing.assert_allclose(predicted[:, 0], model(frames).numpy()[:, -1], atol=1e-5)
 
 
@@ -199,6 +258,65 @@ def test_training_on_rollouts_trains_and_validates_on_the_rollout(data, tmp_path
     assert reloaded.rollout_from == config.input_frames
 
 
+def test_track_loss_teaches_the_moves_with_the_tracked_true_centers(data, tmp_path):
+    keras.utils.set_random_seed(0)
+    config = dataclasses.replace(app.SMOKE, train_on_rollouts=True, track_loss_weight=0.5,
+                                 **TRACKED)
+    model = app.build_model(config, data)
+    inputs, targets = next(iter(data.validation))
+    rolled, centers = app.rollout_predictions(model, inputs, config.input_frames,
+                                              return_centers=True)
+    np.testing.assert_allclose(rolled, app.rollout_predictions(model, inputs,
+                                                               config.input_frames), atol=1e-6)
+    # The loss: the rollout's cross-entropy plus the weight times the Huber loss between the
+    # centers it moved the objects to and the tracker's centers in the true frames, in NumPy.
+    rolled, truth = np.clip(rolled.numpy(), 1e-7, 1 - 1e-7), targets.numpy()
+    cross_entropy = -np.mean(truth * np.log(rolled) + (1 - truth) * np.log(1 - rolled))
+    true_centers = model.get_layer("tracker")(
+        np.concatenate([inputs[:, :1], truth], axis=1))[0].numpy()[:, 1:]
+    error = np.abs(centers.numpy() - true_centers)
+    huber = np.mean(np.where(error <= 1, 0.5 * error ** 2, error - 0.5))
+    loss = model.evaluate(inputs, targets, batch_size=len(truth), verbose=0,
+                          return_dict=True)["loss"]
+    assert loss == pytest.approx(cross_entropy + 0.5 * huber, rel=1e-4)
+    # The centers: the tracked ones moved by each step's move while the model reads true
+    # frames, then the last true frame's moved by the moves added up.
+    decoder, tracker = model.get_layer("decoder"), model.get_layer("tracker")
+    given = tracker(inputs[:, :config.input_frames])[0].numpy()
+    assert np.abs(centers[:, :config.input_frames] - given).max() > 1e-3
+    steps = np.diff(centers[:, config.input_frames - 1:], axis=1)
+    np.testing.assert_allclose(steps.shape, (len(truth), 9, 2, 2))
+    assert np.abs(steps).max() <= 2 * decoder.max_step + 1e-4
+    app_checks.check_training_step_changes_every_weight(model, next(iter(data.train)))
+    reloaded = app_checks.check_keras_round_trip(model, _frames(data), tmp_path)
+    assert reloaded.track_loss_weight == 0.5
+    with pytest.raises(ValueError, match="needs rollouts without start_steps"):
+        app.RolloutModel(model.inputs, model.outputs, rollout_from=2, start_steps=1,
+                         track_loss_weight=0.5)
+    pixels = app.build_model(app.SMOKE, data)
+    with pytest.raises(ValueError, match="a model with the tracked split"):
+        app.RolloutModel(pixels.inputs, pixels.outputs, rollout_from=2, track_loss_weight=0.5)
+    with pytest.raises(ValueError, match="return_centers needs a model with the tracked"):
+        app.rollout_predictions(pixels, inputs, 2, return_centers=True)
+
+
+def test_tracks_only_reads_no_pixels_and_the_learning_rate_decays(data):
+    config = dataclasses.replace(app.SMOKE, tracks_only=True, learning_rate_decay_epochs=3,
+                                 **TRACKED)
+    model = app.build_model(config, data)
+    assert app._parts(model)[0] is None and app._tracker(model) is not None
+    # The cell reads the two objects' centers and moves: 8 numbers a step.
+    assert model.get_layer("elman").cell.U.shape == (8, config.hidden_units)
+    schedule = model.optimizer._learning_rate
+    steps_per_epoch = -(-config.train_sequences // config.batch_size)
+    assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+    assert schedule.decay_steps == 3 * steps_per_epoch
+    assert float(schedule(0)) == pytest.approx(config.learning_rate)
+    assert float(schedule(3 * steps_per_epoch)) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match='tracks_only needs decoder="reference"'):
+        app.build_model(dataclasses.replace(app.SMOKE, tracks_only=True), data)
+
+
 def test_scheduled_sampling_ramps_from_teacher_forcing_to_rollouts(data, tmp_path):
     config = dataclasses.replace(app.SMOKE, train_on_rollouts=True, rollout_ramp_epochs=2)
     model = app.build_model(config, data)
@@ -238,11 +356,13 @@ def test_rollouts_can_start_after_teacher_forced_epochs(data, tmp_path):
         app.RolloutModel(model.inputs, model.outputs, rollout_from=2, start_steps=-1)
 
 
-def test_conv_lstm_reference_rolls_out_like_the_elman_model(data, monkeypatch):
-    """The benchmark's ConvLSTM2D reference is an RNN cell, so that rollouts step it."""
+@pytest.mark.parametrize("variant", ["pixels", "tracked"])
+def test_conv_lstm_reference_rolls_out_like_the_elman_model(data, monkeypatch, variant):
+    """The benchmark's ConvLSTM2D reference is an RNN cell, so that rollouts step it; it reads
+    the tracked objects beside the latent vector as the Elman cell does."""
     monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
     benchmark = importlib.import_module("nextframe")
-    config = dataclasses.replace(app.SMOKE, latent_dim=64)
+    config = dataclasses.replace(app.SMOKE, latent_dim=64, **VARIANTS[variant])
     keras.utils.set_random_seed(0)
     model = app.build_model(config, data, recurrent_layer=benchmark.conv_lstm(config))
     _check_rollout_feeds_back_its_own_predictions(model, _frames(data, 2)[:, :5], 2)
@@ -397,10 +517,97 @@ def test_reference_decoder_moves_layers_of_the_reference_and_checks_its_argument
         decoder([outputs, features])
 
 
-@pytest.mark.parametrize("decoder", DECODERS)
-def test_training_step_changes_every_weight(data, decoder):
-    model = app.build_model(dataclasses.replace(app.SMOKE, decoder=decoder), data)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_training_step_changes_every_weight(data, variant):
+    model = app.build_model(dataclasses.replace(app.SMOKE, **VARIANTS[variant]), data)
     app_checks.check_training_step_changes_every_weight(model, next(iter(data.train)))
+
+
+def _numpy_k_means(frame, count, iterations):
+    """The tracker's first frame in NumPy: k-means on brightness-weighted positions from points
+    along the principal axis (numpy.linalg.eigh) -> `(count, 2)` centers."""
+    rows, columns = np.mgrid[:64, :64]
+    positions = np.stack([rows.ravel(), columns.ravel()], 1).astype("float64")
+    weights = frame.ravel().astype("float64")
+    mean = weights @ positions / weights.sum()
+    centered = positions - mean
+    values, vectors = np.linalg.eigh((weights[:, None] * centered).T @ centered / weights.sum())
+    centers = mean + np.linspace(-1, 1, count)[:, None] * np.sqrt(values[-1]) * vectors[:, -1]
+    for _ in range(iterations):
+        nearest = ((positions[:, None] - centers[None]) ** 2).sum(-1).argmin(1)
+        for k in range(count):
+            if weights[nearest == k].sum() > 1e-3:
+                centers[k] = weights[nearest == k] @ positions[nearest == k] / weights[
+                    nearest == k].sum()
+    return centers
+
+
+def _shapes_passing(steps=10):
+    """Two 9x9 shapes that move in whole pixels, cross and overlap (combined by their
+    maximum): `(steps, 64, 64)` frames, each shape alone `(2, steps, 64, 64)`, and their
+    top-left corners `(steps, 2, 2)`."""
+    rng = np.random.default_rng(3)
+    shapes = (rng.uniform(0.3, 1.0, (2, 9, 9)) * (rng.uniform(size=(2, 9, 9)) > 0.3))
+    corners = np.array([[[20 + t, 8 + 4 * t], [24 - t, 47 - 4 * t]] for t in range(steps)])
+    alone = np.zeros((2, steps, 64, 64), "float32")
+    for k in range(2):
+        for t, (row, column) in enumerate(corners[:, k]):
+            alone[k, t, row:row + 9, column:column + 9] = shapes[k]
+    return alone.max(axis=0), alone, corners
+
+
+def test_object_tracker_follows_objects_through_overlaps(data):
+    frames = next(iter(data.validation))[0][:4].numpy()
+    tracker = app.ObjectTracker(2, iterations=6)
+    centers, layers = (part.numpy() for part in tracker(frames))
+    assert centers.shape == (4, frames.shape[1], 2, 2)
+    assert layers.shape == (4, frames.shape[1], 64, 64, 2)
+    for example in range(4):
+        # The first frame: k-means as in NumPy (the principal axis's sign is arbitrary, so
+        # the two centers may come in either order); its layers are the frame, split.
+        expected = _numpy_k_means(frames[example, 0, ..., 0], 2, 6)
+        assert min(np.abs(centers[example, 0] - expected).max(),
+                   np.abs(centers[example, 0] - expected[::-1]).max()) < 1e-3
+        np.testing.assert_allclose(layers[example, 0].sum(-1), frames[example, 0, ..., 0],
+                                   atol=1e-6)
+    # Two shapes that cross and overlap: each layer keeps its whole shape through the
+    # overlap and after it, and each center moves by its shape's move, exactly.
+    passing, alone, corners = _shapes_passing()
+    centers, layers = (part.numpy()[0] for part in tracker(passing[None, ..., None]))
+    if centers[0, 0, 1] > centers[0, 1, 1]:
+        centers, layers = centers[:, ::-1], layers[..., ::-1]
+    np.testing.assert_allclose(np.diff(centers, axis=0), np.diff(corners, axis=0), atol=1e-4)
+    for k in range(2):
+        np.testing.assert_allclose(layers[-1, ..., k], alone[k, -1], atol=1e-5)
+    # A blank frame after one object: it stays where it was, with nothing in its layer.
+    blank_after = np.stack([alone[0, 0], np.zeros((64, 64), "float32")])[None, ..., None]
+    centers, layers = app.ObjectTracker(1)(blank_after)
+    np.testing.assert_array_equal(centers[0, 1], centers[0, 0])
+    np.testing.assert_array_equal(layers[0, 1], 0.0)
+    with pytest.raises(ValueError, match="count, iterations and search must be >= 1"):
+        app.ObjectTracker(2, search=0)
+
+
+def test_object_tracker_matches_each_layer_at_its_best_whole_pixel_move():
+    """`match` against a NumPy search over every move of up to 3 pixels: the least squared
+    difference between the frame and the layer moved, zeros entering."""
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(size=(3, 64, 64, 1)).astype("float32")
+    layers = rng.uniform(size=(3, 64, 64, 2)).astype("float32")
+    moves = app.ObjectTracker(2, search=3).match(tf.constant(frames), tf.constant(layers))
+    for example in range(3):
+        for k in range(2):
+            best, best_move = np.inf, None
+            for dy in range(-3, 4):
+                for dx in range(-3, 4):
+                    moved = np.zeros((64, 64), "float32")
+                    source = layers[example, ..., k]
+                    moved[max(dy, 0):64 + min(dy, 0), max(dx, 0):64 + min(dx, 0)] = source[
+                        max(-dy, 0):64 + min(-dy, 0), max(-dx, 0):64 + min(-dx, 0)]
+                    error = np.sum((frames[example, ..., 0] - moved) ** 2)
+                    if error < best:
+                        best, best_move = error, (dy, dx)
+            np.testing.assert_array_equal(moves[example, k], best_move)
 
 
 def test_loss_falls(data):

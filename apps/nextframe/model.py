@@ -13,7 +13,9 @@ decoder, which draws the next frame:
          (drawn from scratch; or with `decoder="transform"` by moving x_t's own pixels
          with kernels chosen from o_t and mixing them with per-pixel masks; or with
          `decoder="reference"` by moving layers of the last true frame by displacements
-         that o_t chooses and a rollout adds up)
+         that o_t chooses and a rollout adds up; with `reference_split="tracks"` the layers
+         are objects that an `ObjectTracker` follows through the frames, and the cell
+         reads where they are beside the latent vector)
 
 Strictly causal: the prediction of frame t+1 depends on frames 1..t only (the encoder and
 decoder see one frame each; the recurrence runs forward). `predict_frames` feeds the model its
@@ -48,6 +50,7 @@ FRAME_SIZE = moving_mnist.FRAME_SIZE
 EXAMPLES = ("test:0", "test:1")
 MAX_PREDICTED_FRAMES = 100
 DECODERS = ("pixels", "transform", "reference")
+REFERENCE_SPLITS = ("learned", "tracks")
 # The darkest and brightest pixel a reference decoder predicts: REFERENCE_FLOOR and 1 minus it.
 REFERENCE_FLOOR = 0.005
 # The seed of the fixed test set: test sequence i is the same for every config and machine.
@@ -132,6 +135,29 @@ class Config:
     # digits, but each digit over two layers that move apart (ghosts), so it stays off.
     reference_layers: int = 4
     reference_max_step: float = 6.0
+    # decoder="reference": how a frame splits into its layers. "learned": a per-pixel softmax
+    # from the decoder CNN (above). "tracks": not learned; an `ObjectTracker` follows
+    # `reference_layers` objects (set it to the digits per sequence) through the frames: the
+    # first frame split by k-means on the bright pixels' positions, each later one by moving
+    # each object's layer by the whole-pixel move that matches the frame best. The Elman cell
+    # reads each object's center and last move beside the encoder's latent vector; the
+    # decoder moves each object by its last move plus a correction chosen from the cell's
+    # output, and a rollout moves the centers with the layers. `track_iterations`: k-means
+    # rounds on the first frame.
+    reference_split: str = "learned"
+    track_iterations: int = 5
+    # With reference_split="tracks" and train_on_rollouts: the weight of a term on where the
+    # objects are, `+ track_loss_weight * Huber(predicted centers - tracked true centers)`
+    # (pixels, delta 1, averaged over steps, objects and axes): the tracker's centers in the
+    # true frames that follow teach the moves directly, instead of only through the pixels.
+    track_loss_weight: float = 0.0
+    # With reference_split="tracks": the Elman cell reads the tracked objects only (their
+    # centers and last moves), no CNN latent vector: the tracker is the per-frame encoder.
+    # Then a training step needs no CNN, and the moves are learned from many more sequences
+    # in the same time.
+    tracks_only: bool = False
+    # Cosine decay of the learning rate to 0 over this many epochs (0: a constant rate).
+    learning_rate_decay_epochs: int = 0
     batch_size: int = 32
     epochs: int = 25
     patience: int = 3
@@ -250,11 +276,182 @@ class FrameEncoder(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="elman")
+class ObjectTracker(keras.layers.Layer):
+    """Follows `count` objects that move rigidly through the frames, and splits each frame
+    into one layer per object, without learning: `(batch, time, 64, 64, 1)` -> their centers
+    `(batch, time, count, 2)` (`(row, column)` in pixels) and the layers `(batch, time, 64, 64,
+    count)`.
+
+    The first frame is split by k-means on the pixels' positions, weighted by brightness
+    (`iterations` rounds of Lloyd's algorithm from points spread along the principal axis):
+    each pixel goes to the layer of its nearest center. Each later frame matches each layer
+    of the frame before at every whole-pixel move up to `search` pixels per axis (the move
+    with the least squared difference, `match`), and the layer moves on: its pixels that
+    the frame still has (`min(frame, moved layer)`; objects that combine by their maximum
+    never hide one another), plus the frame's pixels no moved layer explains, given to the
+    nearest center. A center starts at its layer's center of mass and moves with the layer.
+
+    Args:
+        count: int >= 1, the objects followed.
+        iterations: int >= 1, k-means rounds on the first frame. Default: 5.
+        search: int >= 1, the largest move between two frames, pixels per axis. Default: 5.
+    """
+
+    def __init__(self, count, iterations=5, search=5, **kwargs):
+        super().__init__(**kwargs)
+        if count < 1 or iterations < 1 or search < 1:
+            raise ValueError("count, iterations and search must be >= 1, received "
+                             f"count={count}, iterations={iterations}, search={search}")
+        self.count, self.iterations, self.search = int(count), int(iterations), int(search)
+
+    def cluster(self, frames, centers):
+        """Lloyd's rounds from `centers` `(n, count, 2)` on `frames` `(n, 64, 64, 1)`; a center
+        that gathers no brightness stays where it is."""
+        weights = tf.reshape(frames, (-1, FRAME_SIZE * FRAME_SIZE, 1))
+        for _ in range(self.iterations):
+            # (n, pixels, count): each pixel's brightness, in the column of its nearest center.
+            gathered = weights * tf.one_hot(nearest_center(centers), self.count)
+            centers = centers_of_mass(gathered, centers)
+        return centers
+
+    def first_centers(self, frames):
+        """`(n, 64, 64, 1)` -> `(n, count, 2)`: the weighted mean plus multiples of the principal
+        axis's standard deviation, from -1 to 1 (the mean, for one object)."""
+        weights = tf.reshape(frames, (-1, FRAME_SIZE * FRAME_SIZE))
+        positions = pixel_positions()
+        mass = tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1e-3)
+        mean = tf.where(mass > 1e-3, weights @ positions / mass, (FRAME_SIZE - 1) / 2)
+        centered = positions[None] - mean[:, None]  # (n, pixels, 2)
+        covariance = tf.einsum("np,npd,npe->nde", weights, centered, centered) / mass[..., None]
+        a, b, c = covariance[:, 0, 0], covariance[:, 0, 1], covariance[:, 1, 1]
+        largest = (a + c) / 2 + tf.sqrt(((a - c) / 2) ** 2 + b ** 2)
+        # The eigenvector of the largest eigenvalue: (b, largest - a) or (largest - c, b),
+        # whichever is longer (both vanish only for a multiple of the identity).
+        first, second = tf.stack([b, largest - a], -1), tf.stack([largest - c, b], -1)
+        axis = tf.where((tf.norm(first, axis=-1) >= tf.norm(second, axis=-1))[:, None],
+                        first, second)
+        axis = tf.math.divide_no_nan(axis, tf.norm(axis, axis=-1, keepdims=True))
+        spread = tf.sqrt(largest)[:, None] * axis  # (n, 2)
+        steps = tf.linspace(-1.0, 1.0, self.count) if self.count > 1 else tf.zeros([1])
+        return mean[:, None] + steps[None, :, None] * spread[:, None]
+
+    def match(self, frames, layers):
+        """Each layer's whole-pixel move to `frames` `(n, 64, 64, 1)`: `layers` `(n, 64, 64,
+        count)` -> `(n, count, 2)`, the move up to `search` per axis that minimizes
+        `sum (frame - moved layer)^2` over the frame, that is, maximizes
+        `<frame, moved layer> - |moved layer|^2 / 2` (ties: the shorter move)."""
+        side = 2 * self.search + 1
+        # The batch and the layers become channels, so that each layer meets its own frame:
+        # a depthwise convolution of the padded frame with the layer is the inner product at
+        # every move; the same with a padded frame of ones and the squared layer gives the
+        # energy of the layer that stays inside the frame.
+        def correlate(images, kernels):  # (n, 64, 64), (n, 64, 64, count) -> (n, side^2, count)
+            padded = tf.pad(images, [[0, 0], [self.search] * 2, [self.search] * 2])
+            # (1, H, W, n * count): channel i * count + k is frame i, for its layer k.
+            channels = tf.repeat(tf.transpose(padded, (1, 2, 0)), self.count, axis=-1)[None]
+            kernels = tf.reshape(tf.transpose(kernels, (1, 2, 0, 3)),
+                                 (FRAME_SIZE, FRAME_SIZE, -1, 1))  # (64, 64, n * count, 1)
+            scores = tf.nn.depthwise_conv2d(channels, kernels, (1, 1, 1, 1), "VALID")
+            return tf.transpose(tf.reshape(scores, (side * side, -1, self.count)), (1, 0, 2))
+
+        frames = frames[..., 0]
+        scores = (correlate(frames, layers)
+                  - correlate(tf.ones_like(frames), tf.square(layers)) / 2)
+        moves = tf.stack(tf.meshgrid(tf.range(-self.search, self.search + 1),
+                                     tf.range(-self.search, self.search + 1), indexing="ij"),
+                         -1)
+        moves = tf.cast(tf.reshape(moves, (side * side, 2)), tf.float32)
+        scores -= 1e-4 * tf.reduce_sum(tf.square(moves), -1)[None, :, None]
+        return tf.gather(moves, tf.argmax(scores, axis=1))  # (n, count, 2)
+
+    def split(self, frames, centers):
+        """`frames` `(n, 64, 64, 1)` into layers `(n, 64, 64, count)` by nearest center."""
+        nearest = tf.one_hot(nearest_center(centers), self.count)
+        return frames * tf.reshape(nearest, (-1, FRAME_SIZE, FRAME_SIZE, self.count))
+
+    def call(self, frames):
+        frames = tf.cast(frames, tf.float32)
+        by_time = tf.transpose(frames, (1, 0, 2, 3, 4))  # (time, batch, 64, 64, 1)
+        first_centers = self.cluster(by_time[0], self.first_centers(by_time[0]))
+        first_layers = self.split(by_time[0], first_centers)
+
+        def follow(carry, frame):
+            previous_centers, previous_layers = carry
+            moves = self.match(frame, previous_layers)  # (n, count, 2)
+            moved = tf.reshape(
+                translate_frames(tf.reshape(tf.transpose(previous_layers, (0, 3, 1, 2)),
+                                            (-1, FRAME_SIZE, FRAME_SIZE, 1)),
+                                 tf.reshape(moves, (-1, 2))),
+                (-1, self.count, FRAME_SIZE, FRAME_SIZE))
+            kept = tf.minimum(frame, tf.transpose(moved, (0, 2, 3, 1)))
+            unexplained = tf.nn.relu(frame - tf.reduce_max(kept, axis=-1, keepdims=True))
+            centers = previous_centers + moves
+            return centers, kept + self.split(unexplained, centers)
+
+        centers, layers = tf.scan(follow, by_time[1:], (first_centers, first_layers))
+        centers = tf.concat([first_centers[None], centers], axis=0)
+        layers = tf.concat([first_layers[None], layers], axis=0)
+        return tf.transpose(centers, (1, 0, 2, 3)), tf.transpose(layers, (1, 0, 2, 3, 4))
+
+    def compute_output_shape(self, input_shape):
+        return ((input_shape[0], input_shape[1], self.count, 2),
+                (input_shape[0], input_shape[1], FRAME_SIZE, FRAME_SIZE, self.count))
+
+    def get_config(self):
+        return {**super().get_config(), "count": self.count, "iterations": self.iterations,
+                "search": self.search}
+
+
+def centers_of_mass(weights, fallback):
+    """`weights` `(n, pixels, count)` -> each column's center of mass `(n, count, 2)`, or
+    `fallback` where a column holds (almost) nothing."""
+    mass = tf.reduce_sum(weights, axis=1)
+    sums = tf.matmul(weights, pixel_positions(), transpose_a=True)
+    return tf.where(mass[..., None] > 1e-3, sums / tf.maximum(mass, 1e-3)[..., None], fallback)
+
+
+def pixel_positions():
+    """`(64 * 64, 2)` float32: the `(row, column)` of each pixel, row-major."""
+    rows, columns = tf.meshgrid(tf.range(FRAME_SIZE), tf.range(FRAME_SIZE), indexing="ij")
+    return tf.cast(tf.reshape(tf.stack([rows, columns], -1), (-1, 2)), tf.float32)
+
+
+def nearest_center(centers):
+    """`(n, count, 2)` -> `(n, 64 * 64)` int: the index of each pixel's nearest center."""
+    positions = pixel_positions()
+    # |p - c|^2 without the |p|^2 that all centers share: |c|^2 - 2 p.c, (n, pixels, count).
+    distances = (tf.reduce_sum(tf.square(centers), axis=-1)[:, None]
+                 - 2.0 * tf.matmul(tf.broadcast_to(positions, (tf.shape(centers)[0],
+                                                               FRAME_SIZE * FRAME_SIZE, 2)),
+                                   centers, transpose_b=True))
+    return tf.argmin(distances, axis=-1, output_type=tf.int32)
+
+
+def track_features(centers, moves):
+    """What the Elman cell reads of the tracked objects: `centers` `(..., count, 2)` and their
+    last `moves` `(..., count, 2)` in pixels -> `(..., 4 * count)`, the centers scaled to
+    [-1, 1] and the moves divided by 4 (about one step of Moving MNIST's digits)."""
+    half = (FRAME_SIZE - 1) / 2
+    count = centers.shape[-2]
+    return ops.concatenate([(centers[..., k, :] - half) / half for k in range(count)]
+                           + [moves[..., k, :] / 4.0 for k in range(count)], axis=-1)
+
+
+def tracked_moves(centers):
+    """`(batch, time, count, 2)` centers -> each step's displacement from the step before
+    (zero at the first step)."""
+    return ops.concatenate([ops.zeros_like(centers[:, :1]),
+                            centers[:, 1:] - centers[:, :-1]], axis=1)
+
+
+@keras.saving.register_keras_serializable(package="elman")
 class FrameDecoder(keras.layers.Layer):
     """Draws one frame per step from the recurrent output and the encoder's feature maps of the
     current frame: `[(batch, time, latent_dim), (batch, time, 32, 32, filters)]`, and with
     `kernels` or `layers` the current frames `(batch, time, 64, 64, 1)` as a third input ->
-    `(batch, time, 64, 64, 1)` in [0, 1].
+    `(batch, time, 64, 64, 1)` in [0, 1]. With `split="tracks"`: the recurrent outputs and the
+    `ObjectTracker`'s centers and layers of the current frames, `[(batch, time, latent_dim),
+    (batch, time, layers, 2), (batch, time, 64, 64, layers)]`.
 
     Without `kernels` or `layers` the frame is drawn from scratch. With `kernels` (Finn et al.
     2016, CDNA), a dense layer maps the recurrent output to `kernels` kernels of
@@ -273,10 +470,16 @@ class FrameDecoder(keras.layers.Layer):
         layer_k = reference * share_k                 # k = 1 .. layers
         next = min(1, sum_k translate(layer_k, offset_k))
 
+    With `split="tracks"` the layers are not learned: they are the `ObjectTracker`'s (one
+    per object, followed from frame to frame by matching), and they combine by their maximum,
+    as the digits do. Each object's move is its last move plus a correction that a dense layer
+    chooses from the recurrent output and the object's center and last move
+    (`object_moves`, `moves`).
+
     Called on a sequence, the reference is each step's current frame and the offset is the
     step's move (one step ahead). A rollout (`rollout_predictions`, `predict_frames`) keeps
-    the last true frame and its shares as the reference and adds up the moves, so every
-    predicted frame is one translation of true pixels.
+    the last true frame's layers as the reference and adds up the moves, so every predicted
+    frame is one translation of true pixels.
 
     Args:
         filters: filters of the encoder's first convolution.
@@ -286,12 +489,18 @@ class FrameDecoder(keras.layers.Layer):
             `kernel_size // 2` pixels along each axis. Default: 9.
         layers: int >= 0, the layers of the reference frame; 0: no reference. Not with
             `kernels`. Default: 0.
-        max_step: float > 0, the largest move of a layer in one step, pixels per axis.
-            Default: 6.
+        max_step: float > 0, the largest move of a layer in one step, pixels per axis (with
+            the tracked split: the largest change of a move). Default: 6.
+        split: "learned" (the shares' head) or "tracks" (the tracker's layers), with `layers`.
+            Default: "learned".
     """
 
-    def __init__(self, filters, kernels=0, kernel_size=9, layers=0, max_step=6.0, **kwargs):
+    def __init__(self, filters, kernels=0, kernel_size=9, layers=0, max_step=6.0,
+                 split="learned", **kwargs):
         super().__init__(**kwargs)
+        if split not in REFERENCE_SPLITS:
+            raise ValueError(f"split must be one of {', '.join(map(repr, REFERENCE_SPLITS))}, "
+                             f"received {split!r}")
         if kernels < 0 or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError("kernels must be >= 0 and kernel_size a positive odd number, "
                              f"received kernels={kernels}, kernel_size={kernel_size}")
@@ -301,22 +510,26 @@ class FrameDecoder(keras.layers.Layer):
                              f"max_step={max_step}")
         self.filters, self.kernels, self.kernel_size = filters, int(kernels), int(kernel_size)
         self.layers, self.max_step = int(layers), float(max_step)
+        self.split = split
+        # Tracked layers need no decoder CNN: the split is the tracker's, the moves a dense layer's.
+        self.tracked = bool(self.layers) and split == "tracks"
         transposed = dict(kernel_size=3, strides=2, padding="same", activation="relu")
-        self.expand = keras.Sequential([
-            keras_layers.Dense(8 * 8 * 4 * filters, activation="relu"),
-            keras_layers.Reshape((8, 8, 4 * filters)),
-            keras_layers.Conv2DTranspose(2 * filters, **transposed),  # 16x16
-            keras_layers.Conv2DTranspose(filters, **transposed),  # 32x32
-        ])
-        self.draw = keras.Sequential([
-            keras_layers.Conv2D(filters, 3, padding="same", activation="relu"),
-            keras_layers.Conv2DTranspose(filters, **transposed),  # 64x64
-            # With layers: maps for the shares' head. Else the frame; most pixels are
-            # background: start near black (sigmoid(-2) = 0.12), not grey.
-            keras_layers.Conv2D(filters, 3, padding="same", activation="relu") if self.layers
-            else keras_layers.Conv2D(1, 3, padding="same", activation="sigmoid",
-                                     bias_initializer=keras.initializers.Constant(-2.0)),
-        ])
+        if not self.tracked:
+            self.expand = keras.Sequential([
+                keras_layers.Dense(8 * 8 * 4 * filters, activation="relu"),
+                keras_layers.Reshape((8, 8, 4 * filters)),
+                keras_layers.Conv2DTranspose(2 * filters, **transposed),  # 16x16
+                keras_layers.Conv2DTranspose(filters, **transposed),  # 32x32
+            ])
+            self.draw = keras.Sequential([
+                keras_layers.Conv2D(filters, 3, padding="same", activation="relu"),
+                keras_layers.Conv2DTranspose(filters, **transposed),  # 64x64
+                # With layers: maps for the shares' head. Else the frame; most pixels are
+                # background: start near black (sigmoid(-2) = 0.12), not grey.
+                keras_layers.Conv2D(filters, 3, padding="same", activation="relu") if self.layers
+                else keras_layers.Conv2D(1, 3, padding="same", activation="sigmoid",
+                                         bias_initializer=keras.initializers.Constant(-2.0)),
+            ])
         if self.kernels:
             self.kernel_logits = keras_layers.Dense(self.kernels * self.kernel_size ** 2)
             self.mask_logits = keras_layers.Conv2D(self.kernels + 1, 3, padding="same")
@@ -328,17 +541,20 @@ class FrameDecoder(keras.layers.Layer):
             self.steps = keras_layers.Dense(
                 2 * self.layers, kernel_initializer=keras.initializers.RandomNormal(
                     stddev=2e-2, seed=0))
-            self.share_logits = keras_layers.Conv2D(self.layers, 3, padding="same")
+            if not self.tracked:
+                self.share_logits = keras_layers.Conv2D(self.layers, 3, padding="same")
 
     def build(self, input_shape):
         latent_shape = input_shape[0]
-        self.expand.build((None, latent_shape[-1]))
-        self.draw.build((None, FRAME_SIZE // 2, FRAME_SIZE // 2, 2 * self.filters))
+        if not self.tracked:
+            self.expand.build((None, latent_shape[-1]))
+            self.draw.build((None, FRAME_SIZE // 2, FRAME_SIZE // 2, 2 * self.filters))
         if self.kernels:
             self.kernel_logits.build((None, latent_shape[-1]))
             self.mask_logits.build((None, FRAME_SIZE, FRAME_SIZE, self.filters))
         if self.layers:
-            self.steps.build((None, latent_shape[-1]))
+            self.steps.build((None, latent_shape[-1] + (4 * self.layers if self.tracked else 0)))
+        if self.layers and not self.tracked:
             self.share_logits.build((None, FRAME_SIZE, FRAME_SIZE,
                                      self.filters + 1 + self.layers))
 
@@ -352,7 +568,8 @@ class FrameDecoder(keras.layers.Layer):
         return hidden
 
     def reference_parts(self, outputs, features, frames):
-        """How each frame of a sequence splits into layers, and each layer's move.
+        """With the learned split: how each frame of a sequence splits into layers, and each
+        layer's move.
 
         A layer's pixels are those that move together: besides the decoder's maps, the shares'
         head sees the frame and, for each layer, the previous frame moved by the layer's
@@ -369,6 +586,9 @@ class FrameDecoder(keras.layers.Layer):
             `moves` `(batch, time, layers, 2)`, `(dy, dx)` in pixels: step t's layers of
             frame t and their moves to frame t + 1.
         """
+        if self.tracked:
+            raise ValueError("a FrameDecoder with the tracked split takes its layers from the "
+                             "tracker and its moves from object_moves")
         batch, time = ops.shape(outputs)[0], ops.shape(outputs)[1]
         flat_outputs = ops.reshape(outputs, (-1, outputs.shape[-1]))
         moves = ops.reshape(self.moves(flat_outputs), (batch, time, self.layers, 2))
@@ -388,34 +608,71 @@ class FrameDecoder(keras.layers.Layer):
         shares = ops.softmax(logits, axis=-1)
         return ops.reshape(shares, (batch, time, FRAME_SIZE, FRAME_SIZE, self.layers)), moves
 
-    def moves(self, outputs):
-        """Each layer's move for one step: `(n, latent_dim)` -> `(n, layers, 2)`, `(dy, dx)`."""
-        return self.max_step * ops.tanh(ops.reshape(self.steps(outputs), (-1, self.layers, 2)))
+    def moves(self, outputs, centers=None, last_moves=None):
+        """Each layer's move for one step: `(n, latent_dim)` -> `(n, layers, 2)`, `(dy, dx)`.
 
-    def compose_steps(self, frames, shares, moves):
-        """Each step's frame moved one step by its own layers: `frames` `(batch, time, 64, 64,
-        1)` and `reference_parts` of them -> the predictions `(batch, time, 64, 64, 1)`."""
-        batch, time = ops.shape(frames)[0], ops.shape(frames)[1]
-        predicted = self.compose(ops.reshape(frames, (-1, FRAME_SIZE, FRAME_SIZE, 1)),
-                                 ops.reshape(shares, (-1, FRAME_SIZE, FRAME_SIZE, self.layers)),
-                                 ops.reshape(moves, (-1, self.layers, 2)))
+        With the tracked split, the objects' `centers` and `last_moves` `(n, layers, 2)` are
+        the current frame's part of the decoder's input (as the pixel decoder reads the
+        current frame's maps): the move is the last move plus a correction chosen from the
+        recurrent output and them, at most `max_step` per axis (the same speed, unless the
+        cell sees a reason to change it: a bounce, or a better estimate).
+        """
+        if not self.tracked:
+            return self.max_step * ops.tanh(ops.reshape(self.steps(outputs),
+                                                        (-1, self.layers, 2)))
+        inputs = ops.concatenate([outputs, track_features(centers, last_moves)], axis=-1)
+        return last_moves + self.max_step * ops.tanh(
+            ops.reshape(self.steps(inputs), (-1, self.layers, 2)))
+
+    def object_moves(self, outputs, centers):
+        """With the tracked split: each step's moves `(batch, time, layers, 2)` from the
+        recurrent outputs `(batch, time, latent_dim)` and the tracked centers `(batch, time,
+        layers, 2)` (`moves`, with each step's last move from the centers)."""
+        batch, time = ops.shape(outputs)[0], ops.shape(outputs)[1]
+        moves = self.moves(ops.reshape(outputs, (-1, outputs.shape[-1])),
+                           ops.reshape(centers, (-1, self.layers, 2)),
+                           ops.reshape(tracked_moves(centers), (-1, self.layers, 2)))
+        return ops.reshape(moves, (batch, time, self.layers, 2))
+
+    def compose_steps(self, layers, moves):
+        """Each step's layers moved one step: `layers` `(batch, time, 64, 64, layers)` and
+        `moves` `(batch, time, layers, 2)` -> the predictions `(batch, time, 64, 64, 1)`."""
+        batch, time = ops.shape(layers)[0], ops.shape(layers)[1]
+        predicted = self.compose_layers(
+            ops.reshape(layers, (-1, FRAME_SIZE, FRAME_SIZE, self.layers)),
+            ops.reshape(moves, (-1, self.layers, 2)))
         return ops.reshape(predicted, (batch, time, FRAME_SIZE, FRAME_SIZE, 1))
 
     def compose(self, reference, shares, offsets):
         """The reference's layers moved by `offsets` `(n, layers, 2)` and combined:
         `reference` `(n, 64, 64, 1)`, `shares` `(n, 64, 64, layers)` -> `(n, 64, 64, 1)`."""
-        layers = ops.transpose(reference * shares, (0, 3, 1, 2))  # (n, layers, 64, 64)
+        return self.compose_layers(reference * shares, offsets)
+
+    def compose_layers(self, layers, offsets):
+        """`layers` `(n, 64, 64, layers)` moved by `offsets` `(n, layers, 2)` and combined ->
+        `(n, 64, 64, 1)`."""
+        layers = ops.transpose(layers, (0, 3, 1, 2))  # (n, layers, 64, 64)
         moved = translate_frames(ops.reshape(layers, (-1, FRAME_SIZE, FRAME_SIZE, 1)),
                                  ops.reshape(offsets, (-1, 2)))
         moved = ops.reshape(moved, (-1, self.layers, FRAME_SIZE, FRAME_SIZE))
-        # The sum keeps the reference's brightness wherever the shares are soft; capped at 1
-        # where moved layers overlap, as the digits combine (by their maximum).
-        frame = ops.minimum(ops.sum(moved, axis=1), 1.0)
+        if self.tracked:
+            # Whole objects: they combine as the digits do, by their maximum.
+            frame = ops.max(moved, axis=1)
+        else:
+            # The sum keeps the reference's brightness wherever the shares are soft; capped
+            # at 1 where moved layers overlap, as the digits combine (by their maximum).
+            frame = ops.minimum(ops.sum(moved, axis=1), 1.0)
         # Never exactly 0 or 1: the cross-entropy clips its input, and a clipped pixel (a
         # digit moved to the wrong place) would give no gradient.
         return (REFERENCE_FLOOR + (1.0 - 2.0 * REFERENCE_FLOOR) * frame)[..., None]
 
     def call(self, inputs):
+        if self.tracked:
+            if len(inputs) != 3:
+                raise ValueError("a FrameDecoder with the tracked split takes the recurrent "
+                                 "outputs and the tracker's centers and layers")
+            outputs, centers, layers = inputs
+            return self.compose_steps(layers, self.object_moves(outputs, centers))
         outputs, features, *current = inputs
         batch, time = ops.shape(outputs)[0], ops.shape(outputs)[1]
         flat_outputs = ops.reshape(outputs, (-1, outputs.shape[-1]))
@@ -423,8 +680,8 @@ class FrameDecoder(keras.layers.Layer):
             raise ValueError("a FrameDecoder with kernels or layers needs the current frames "
                              "as its third input")
         if self.layers:
-            return self.compose_steps(current[0],
-                                      *self.reference_parts(outputs, features, current[0]))
+            shares, moves = self.reference_parts(outputs, features, current[0])
+            return self.compose_steps(current[0] * shares, moves)
         hidden = self._hidden(flat_outputs, features)  # (batch * time, 64, 64, filters)
         frames = self.draw.layers[-1](hidden)  # (batch * time, 64, 64, 1)
         if self.kernels:
@@ -447,7 +704,7 @@ class FrameDecoder(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernels": self.kernels,
                 "kernel_size": self.kernel_size, "layers": self.layers,
-                "max_step": self.max_step}
+                "max_step": self.max_step, "split": self.split}
 
 
 def translate_frames(frames, offsets):
@@ -514,15 +771,30 @@ def build_model(config, data=None, recurrent_layer=None):
             predicting and training on rollouts step its `cell`.
     """
     frames = keras.Input(shape=(None, FRAME_SIZE, FRAME_SIZE, 1), name="frames")
-    latent, features = FrameEncoder(config.filters, config.latent_dim, name="encoder")(frames)
     recurrent = recurrent_layer or ElmanRNN(
         ElmanCell(config.hidden_units, output_units=config.latent_dim, output_activation="relu",
                   activation=config.activation),
         return_sequences=True, name="elman")
-    outputs = recurrent(latent)  # (batch, time, latent_dim): o_t = relu(V s_t + c)
     if config.decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {', '.join(map(repr, DECODERS))}, received "
                          f"{config.decoder!r}")
+    if config.reference_split not in REFERENCE_SPLITS:
+        raise ValueError("reference_split must be one of "
+                         f"{', '.join(map(repr, REFERENCE_SPLITS))}, received "
+                         f"{config.reference_split!r}")
+    tracked = config.decoder == "reference" and config.reference_split == "tracks"
+    if config.tracks_only and not tracked:
+        raise ValueError('tracks_only needs decoder="reference" and reference_split="tracks"')
+    if not config.tracks_only:
+        latent, features = FrameEncoder(config.filters, config.latent_dim,
+                                        name="encoder")(frames)
+    if tracked:
+        # Each object's center and last move, beside the latent vector (or alone).
+        centers, tracked_layers = ObjectTracker(config.reference_layers, config.track_iterations,
+                                                name="tracker")(frames)
+        objects = track_features(centers, tracked_moves(centers))
+        latent = objects if config.tracks_only else ops.concatenate([latent, objects], axis=-1)
+    outputs = recurrent(latent)  # (batch, time, latent_dim): o_t = relu(V s_t + c)
     if config.decoder == "reference" and config.train_on_rollouts and config.rollout_ramp_epochs:
         raise ValueError('decoder="reference" moves the last true frame, so its rollouts '
                          "cannot read sampled true frames: set rollout_ramp_epochs=0 (use "
@@ -531,15 +803,21 @@ def build_model(config, data=None, recurrent_layer=None):
         config.filters, config.transform_kernels if config.decoder == "transform" else 0,
         config.transform_kernel_size,
         layers=config.reference_layers if config.decoder == "reference" else 0,
-        max_step=config.reference_max_step, name="decoder")
-    predicted = decoder([outputs, features, frames])
+        max_step=config.reference_max_step, split=config.reference_split, name="decoder")
+    predicted = decoder([outputs, centers, tracked_layers] if tracked
+                        else [outputs, features, frames])
     steps_per_epoch = -(-config.train_sequences // config.batch_size)
     model = RolloutModel(frames, predicted, name="nextframe_elman",
                          rollout_from=config.input_frames if config.train_on_rollouts else 0,
                          ramp_steps=config.rollout_ramp_epochs * steps_per_epoch,
                          start_steps=config.rollout_start_epoch * steps_per_epoch,
-                         seed=config.seed)
-    optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm or None)
+                         seed=config.seed,
+                         track_loss_weight=config.track_loss_weight if tracked else 0.0)
+    learning_rate = config.learning_rate
+    if config.learning_rate_decay_epochs > 0:
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, config.learning_rate_decay_epochs * steps_per_epoch)
+    optimizer = keras.optimizers.Adam(learning_rate, clipnorm=config.clipnorm or None)
     loss = (FrameLoss(config.ssim_loss_weight, config.blur_loss_weight, config.blur_loss_sigma)
             if config.ssim_loss_weight or config.blur_loss_weight else "binary_crossentropy")
     model.compile(optimizer, loss=loss, metrics=["mse", "mae"])
@@ -608,13 +886,34 @@ class FrameLoss(keras.losses.Loss):
 
 
 def _parts(model):
-    """The encoder, the recurrent layer (the one with a `cell`) and the decoder of a model from
-    `build_model`."""
+    """The encoder (None with `tracks_only`), the recurrent layer (the one with a `cell`) and the
+    decoder of a model from `build_model`."""
     recurrent = [layer for layer in model.layers if hasattr(layer, "cell")]
     if len(recurrent) != 1:
         raise ValueError(f"expected one recurrent layer with a cell in model {model.name!r}, "
                          f"found {[layer.name for layer in recurrent]}")
-    return model.get_layer("encoder"), recurrent[0], model.get_layer("decoder")
+    encoders = [layer for layer in model.layers if isinstance(layer, FrameEncoder)]
+    return encoders[0] if encoders else None, recurrent[0], model.get_layer("decoder")
+
+
+def _cell_inputs(encoder, frames, training=False, centers=None, moves=None):
+    """What the cell reads of `frames` `(batch, time, 64, 64, 1)`: the encoder's latent vector,
+    and with the tracked split the objects' `centers` and last `moves` `(batch, time, layers,
+    2)` (alone without an encoder). Returns `(inputs (batch, time, features), the encoder's
+    maps or None)`."""
+    parts, features = [], None
+    if encoder is not None:
+        latent, features = encoder(frames, training=training)
+        parts.append(latent)
+    if centers is not None:
+        parts.append(track_features(centers, moves))
+    return (parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)), features
+
+
+def _tracker(model):
+    """The model's `ObjectTracker`, or None (without the tracked split)."""
+    trackers = [layer for layer in model.layers if isinstance(layer, ObjectTracker)]
+    return trackers[0] if trackers else None
 
 
 def _initial_states(recurrent, batch):
@@ -623,7 +922,7 @@ def _initial_states(recurrent, batch):
 
 
 def rollout_predictions(model, frames, input_frames, training=False, own_probability=1.0,
-                        seed=None):
+                        seed=None, return_centers=False, centers=None):
     """The model's predictions when it reads the first `input_frames` true frames and then its
     own predictions: the objective of `RolloutModel`, differentiable.
 
@@ -638,15 +937,30 @@ def rollout_predictions(model, frames, input_frames, training=False, own_probabi
             own prediction with this probability, per sequence, else the true frame
             (scheduled sampling). Default: 1, a pure rollout.
         seed: a `keras.random.SeedGenerator` (or int) for those draws.
+        return_centers: bool, with the tracked split: also return where each output puts
+            the tracked objects.
+        centers: optional, with the tracked split: the tracker's `(centers, layers)` of
+            `frames` (at least their first `input_frames`), when the caller has them already
+            (the tracker follows the frames forward: those of the first `input_frames`
+            frames do not depend on the later ones).
 
     Returns:
         `(batch, time, 64, 64, 1)`: output t predicts frame t + 1, like the model's own output;
-        outputs from `input_frames` on were computed from predicted (or sampled) frames.
+        outputs from `input_frames` on were computed from predicted (or sampled) frames. With
+        `return_centers`, also `(batch, time, layers, 2)`: the objects' centers in each
+        predicted frame (the tracked center of the frame read moved by its move, and from the
+        last true frame on, that frame's centers moved by the moves added up).
     """
     encoder, recurrent, decoder = _parts(model)
     cell = recurrent.cell
     batch = ops.shape(frames)[0]
-    latent, features = encoder(frames[:, :input_frames], training=training)
+    tracker = _tracker(model)
+    if tracker is not None:
+        centers, layers = tracker(frames[:, :input_frames]) if centers is None else centers
+        centers, layers = centers[:, :input_frames], layers[:, :input_frames]
+    latent, features = _cell_inputs(encoder, frames[:, :input_frames], training,
+                                    *((centers, tracked_moves(centers))
+                                      if tracker is not None else ()))
     states = _initial_states(recurrent, batch)
     outputs = []
     for t in range(input_frames):
@@ -659,10 +973,15 @@ def rollout_predictions(model, frames, input_frames, training=False, own_probabi
             raise ValueError("a FrameDecoder with layers rolls out from the last true frame "
                              "only: own_probability must be 1")
         # The decoder's call, in two parts, so that the rollout keeps the last true frame's
-        # shares and move: that frame is the reference, and the moves add up.
-        shares, moves = decoder.reference_parts(outputs, features, read)
-        teacher_forced = decoder.compose_steps(read, shares, moves)
-        reference, shares, offsets = read[:, -1], shares[:, -1], moves[:, -1]
+        # layers and move: that frame is the reference, and the moves add up.
+        if decoder.tracked:
+            moves = decoder.object_moves(outputs, centers)
+            predicted_centers = [centers + moves]
+        else:
+            shares, moves = decoder.reference_parts(outputs, features, read)
+            layers = read * shares
+        teacher_forced = decoder.compose_steps(layers, moves)
+        reference, offsets, move = layers[:, -1], moves[:, -1], moves[:, -1]
     else:
         teacher_forced = decoder([outputs, features, read], training=training)
     predicted, frame = [teacher_forced], teacher_forced[:, -1:]
@@ -670,14 +989,25 @@ def rollout_predictions(model, frames, input_frames, training=False, own_probabi
         if sampled:
             own = keras.random.uniform((batch, 1, 1, 1, 1), seed=seed) < own_probability
             frame = ops.where(own, frame, frames[:, input_frames + step:input_frames + step + 1])
-        latent, features = encoder(frame, training=training)
+        # The objects are where the layers were moved to, by the last move.
+        latent, features = _cell_inputs(
+            encoder, frame, training,
+            *(((centers[:, -1] + offsets)[:, None], move[:, None]) if tracker is not None else ()))
         output, states = cell(latent[:, 0], states, training=training)
         if decoder.layers:
-            offsets = offsets + decoder.moves(output)
-            frame = decoder.compose(reference, shares, offsets)[:, None]
+            move = (decoder.moves(output, centers[:, -1] + offsets, move) if decoder.tracked
+                    else decoder.moves(output))
+            offsets = offsets + move
+            frame = decoder.compose_layers(reference, offsets)[:, None]
+            if tracker is not None:
+                predicted_centers.append((centers[:, -1] + offsets)[:, None])
         else:
             frame = decoder([output[:, None], features, frame], training=training)
         predicted.append(frame)
+    if return_centers:
+        if tracker is None:
+            raise ValueError("return_centers needs a model with the tracked split")
+        return ops.concatenate(predicted, axis=1), ops.concatenate(predicted_centers, axis=1)
     return ops.concatenate(predicted, axis=1)
 
 
@@ -703,11 +1033,15 @@ class RolloutModel(keras.Model):
         start_steps: int >= 0, teacher-forced training steps before the rollouts begin.
             Default: 0.
         seed: int, for the scheduled sampling's draws. Default: None.
+        track_loss_weight: float >= 0, with the tracked split (an `ObjectTracker` named
+            "tracker"): adds this weight times the Huber loss (delta 1 pixel) between the
+            centers the rollout moves the objects to and the tracker's centers in the true
+            frames. Not with `start_steps`. Default: 0.
         *args, **kwargs: those of `keras.Model` (inputs, outputs, name).
     """
 
     def __init__(self, *args, rollout_from=0, ramp_steps=0, start_steps=0, seed=None,
-                 **kwargs):
+                 track_loss_weight=0.0, **kwargs):
         super().__init__(*args, **kwargs)
         if rollout_from < 0 or ramp_steps < 0 or start_steps < 0:
             raise ValueError("rollout_from, ramp_steps and start_steps must be >= 0, received "
@@ -715,12 +1049,19 @@ class RolloutModel(keras.Model):
                              f"start_steps={start_steps}")
         self.rollout_from, self.ramp_steps, self.seed = int(rollout_from), int(ramp_steps), seed
         self.start_steps = int(start_steps)
+        self.track_loss_weight = float(track_loss_weight)
+        if self.track_loss_weight < 0 or (self.track_loss_weight and (
+                self.start_steps or not self.rollout_from or _tracker(self) is None)):
+            raise ValueError("track_loss_weight must be >= 0, and it needs rollouts without "
+                             "start_steps and a model with the tracked split, received "
+                             f"track_loss_weight={track_loss_weight}, rollout_from="
+                             f"{rollout_from}, start_steps={start_steps}")
         self._sampling_seed = keras.random.SeedGenerator(seed) if ramp_steps else None
 
     def get_config(self):
         return {**super().get_config(), "rollout_from": self.rollout_from,
                 "ramp_steps": self.ramp_steps, "start_steps": self.start_steps,
-                "seed": self.seed}
+                "seed": self.seed, "track_loss_weight": self.track_loss_weight}
 
     def own_probability(self):
         """The probability that a training step after the true frames reads the model's own
@@ -753,10 +1094,22 @@ class RolloutModel(keras.Model):
                 # the warning is benign (tensorflow/tensorflow#57052).
                 y_pred = tf.cond(self.optimizer.iterations < self.start_steps,
                                  lambda: self(x, training=True), rollout)
+            elif self.track_loss_weight:
+                # The tracker follows the objects through the true frames (x's first, then
+                # y's); the rollout reads the centers of the first ones.
+                tracked = _tracker(self)(ops.concatenate([x[:, :1], y], axis=1))
+                y_pred, centers = rollout_predictions(
+                    self, x, self.rollout_from, training=training, return_centers=True,
+                    centers=tracked)
+                tracked = tracked[0]
             else:
                 y_pred = rollout()
         loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                  training=training)
+        if self.track_loss_weight and x.shape[1] is not None and x.shape[1] > self.rollout_from:
+            error = ops.abs(centers - ops.stop_gradient(tracked[:, 1:]))
+            loss += self.track_loss_weight * ops.mean(
+                ops.where(error <= 1.0, 0.5 * ops.square(error), error - 0.5))
 
         def update_metrics():
             self._loss_tracker.update_state(loss, sample_weight=ops.shape(x)[0])
@@ -800,7 +1153,15 @@ def predict_frames(model, frames, num_frames):
     encoder, recurrent, decoder = _parts(model)
     cell = recurrent.cell
     batch = tf.shape(frames)[0]
-    latent, features = encoder(frames)
+    tracker = _tracker(model)
+    centers = tf.zeros([batch, tf.shape(frames)[1], 0, 2])
+    if tracker is not None:
+        centers, layers = tracker(frames)
+    latent, features = _cell_inputs(encoder, frames, False,
+                                    *((centers, tracked_moves(centers))
+                                      if tracker is not None else ()))
+    if features is None:  # Nothing of the frames is carried but where the objects are.
+        features = tf.zeros([batch, tf.shape(frames)[1], 0])
     states = _initial_states(recurrent, batch)
 
     def read(t, states, _, outputs):
@@ -816,29 +1177,42 @@ def predict_frames(model, frames, num_frames):
     predicted = tf.TensorArray(tf.float32, size=num_frames,
                                element_shape=tf.TensorShape([None, FRAME_SIZE, FRAME_SIZE, 1]))
     if decoder.layers:
-        # The last given frame is the reference: its shares and move (which read the step
-        # before it), and the moves add up.
+        # The last given frame is the reference: its layers and move (the learned split's
+        # shares read the step before it), and the moves add up.
         outputs = tf.transpose(outputs.stack()[-2:], [1, 0, 2])
-        shares, moves = decoder.reference_parts(outputs, features[:, -2:], frames[:, -2:])
-        reference, shares, offsets = frames[:, -1], shares[:, -1], moves[:, -1]
+        if decoder.tracked:
+            moves = decoder.object_moves(outputs, centers[:, -2:])
+            reference = layers[:, -1]
+        else:
+            shares, moves = decoder.reference_parts(outputs, features[:, -2:], frames[:, -2:])
+            reference = frames[:, -1] * shares[:, -1]
+        offsets = moves[:, -1]
     else:
         offsets = tf.zeros([batch, 0, 2])
+    positions = centers[:, -1]  # The tracked objects in the last given frame.
 
-    def roll(k, states, output, last_features, last_frame, offsets, predicted):
+    def roll(k, states, output, last_features, last_frame, offsets, move, predicted):
         if decoder.layers:
-            frame = decoder.compose(reference, shares, offsets)[:, None]
+            frame = decoder.compose_layers(reference, offsets)[:, None]
         else:
             frame = decoder([output[:, None], last_features, last_frame])  # (batch, 1, 64, 64, 1)
         predicted = predicted.write(k, frame[:, 0])
-        new_latent, last_features = encoder(frame)
+        new_latent, new_features = _cell_inputs(
+            encoder, frame, False,
+            *(((positions + offsets)[:, None], move[:, None]) if tracker is not None else ()))
+        if new_features is not None:
+            last_features = new_features
         output, states = cell(new_latent[:, 0], states, training=False)
         if decoder.layers:
-            offsets = offsets + decoder.moves(output)
-        return k + 1, states, output, last_features, frame, offsets, predicted
+            move = (decoder.moves(output, positions + offsets, move) if decoder.tracked
+                    else decoder.moves(output))
+            offsets = offsets + move
+        return k + 1, states, output, last_features, frame, offsets, move, predicted
 
     *_, predicted = tf.while_loop(
         lambda k, *_: k < num_frames, roll,
-        (tf.constant(0), states, output, last_features, last_frame, offsets, predicted))
+        (tf.constant(0), states, output, last_features, last_frame, offsets, offsets,
+         predicted))
     return tf.transpose(predicted.stack(), [1, 0, 2, 3, 4])
 
 
