@@ -143,7 +143,9 @@ class Config:
     # reads each object's center and last move beside the encoder's latent vector; the
     # decoder moves each object by its last move plus a correction chosen from the cell's
     # output, and a rollout moves the centers with the layers. `track_iterations`: k-means
-    # rounds on the first frame.
+    # rounds on the first frame. Measured (README, tracks_only, rollouts, 12 epochs): MSE 78.3
+    # / MAE 147.2 / SSIM 0.702, the best MSE and MAE so far; SSIM below the default's, and
+    # its recipe (track_loss_weight, batch, decay) is not the default's, so it stays off.
     reference_split: str = "learned"
     track_iterations: int = 5
     # With reference_split="tracks" and train_on_rollouts: the weight of a term on where the
