@@ -57,21 +57,18 @@ def main():
         true_moves = np.diff(corners, axis=1)
         tracked_moves = np.diff(centers, axis=1)
         # Which digit each tracked object is: per sequence, the order of the digits that
-        # agrees with the most tracked moves.
-        def agreement(example, order):  # (steps, count) bool
-            return np.abs(tracked_moves[example] - true_moves[example][:, order]).max(-1) < 0.5
-
-        orders = [list(max(itertools.permutations(range(count)),
-                           key=lambda order: agreement(example, list(order)).sum()))
-                  for example in range(len(sequences))]
-        right = np.stack([agreement(example, order) for example, order in enumerate(orders)])
+        # agrees with the most tracked moves. agree: (orders, n, steps, count) bool.
+        orders = np.array(list(itertools.permutations(range(count))))
+        agree = np.stack([np.abs(tracked_moves - true_moves[:, :, order]).max(-1) < 0.5
+                          for order in orders])
+        best = agree.sum(axis=(2, 3)).argmax(axis=0)  # (n,)
+        right = agree[best, np.arange(len(sequences))]
         right_moves.append(right.reshape(-1))
         all_right.append(right.all(axis=(1, 2)))
         truth = sequences[:, given:]
         reference = layers[:, given - 1]
-        true_offsets = np.stack([corners[example][:, order]
-                                 for example, order in enumerate(orders)])
-        true_offsets = true_offsets[:, given:] - true_offsets[:, given - 1:given]
+        corners = np.take_along_axis(corners, orders[best][:, None, :, None], axis=2)
+        true_offsets = corners[:, given:] - corners[:, given - 1:given]
         tracked_offsets = centers[:, given:] - centers[:, given - 1:given]
         for name, offsets in (("true moves", true_offsets), ("tracked moves", tracked_offsets)):
             predicted = np.stack([decoder.compose_layers(reference, offsets[:, k]).numpy()
@@ -86,10 +83,9 @@ def main():
     for name, parts in errors.items():
         mse = np.concatenate(parts)
         by_frame = " / ".join(f"{value:.1f}" for value in mse.mean(axis=0)[[0, 4, 9]])
-        print(f"10 -> 10 MSE per frame, the tracker's layers moved by the {name}: "
-              f"{mse.mean():.1f} (frames 1 / 5 / 10: {by_frame})" if name != "copy last frame"
-              else f"10 -> 10 MSE per frame, copying the last frame: {mse.mean():.1f} "
-              f"(frames 1 / 5 / 10: {by_frame})")
+        how = ("copying the last frame" if name == "copy last frame"
+               else f"the tracker's layers moved by the {name}")
+        print(f"10 -> 10 MSE per frame, {how}: {mse.mean():.1f} (frames 1 / 5 / 10: {by_frame})")
 
 
 if __name__ == "__main__":

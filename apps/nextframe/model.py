@@ -380,12 +380,7 @@ class ObjectTracker(keras.layers.Layer):
         def follow(carry, frame):
             previous_centers, previous_layers = carry
             moves = self.match(frame, previous_layers)  # (n, count, 2)
-            moved = tf.reshape(
-                translate_frames(tf.reshape(tf.transpose(previous_layers, (0, 3, 1, 2)),
-                                            (-1, FRAME_SIZE, FRAME_SIZE, 1)),
-                                 tf.reshape(moves, (-1, 2))),
-                (-1, self.count, FRAME_SIZE, FRAME_SIZE))
-            kept = tf.minimum(frame, tf.transpose(moved, (0, 2, 3, 1)))
+            kept = tf.minimum(frame, translate_layers(previous_layers, moves))
             unexplained = tf.nn.relu(frame - tf.reduce_max(kept, axis=-1, keepdims=True))
             centers = previous_centers + moves
             return centers, kept + self.split(unexplained, centers)
@@ -420,12 +415,9 @@ def pixel_positions():
 
 def nearest_center(centers):
     """`(n, count, 2)` -> `(n, 64 * 64)` int: the index of each pixel's nearest center."""
-    positions = pixel_positions()
     # |p - c|^2 without the |p|^2 that all centers share: |c|^2 - 2 p.c, (n, pixels, count).
     distances = (tf.reduce_sum(tf.square(centers), axis=-1)[:, None]
-                 - 2.0 * tf.matmul(tf.broadcast_to(positions, (tf.shape(centers)[0],
-                                                               FRAME_SIZE * FRAME_SIZE, 2)),
-                                   centers, transpose_b=True))
+                 - 2.0 * tf.einsum("pd,nkd->npk", pixel_positions(), centers))
     return tf.argmin(distances, axis=-1, output_type=tf.int32)
 
 
@@ -597,13 +589,11 @@ class FrameDecoder(keras.layers.Layer):
         # Before the first frame: no move, and the frame itself.
         previous_moves = ops.concatenate([ops.zeros_like(moves[:, :1]), moves[:, :-1]], axis=1)
         previous_frames = ops.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
-        # (batch * time * layers, 64, 64, 1): the previous frame moved by each previous move.
-        evidence = translate_frames(
-            ops.reshape(ops.repeat(previous_frames[:, :, None], self.layers, axis=2),
-                        (-1, FRAME_SIZE, FRAME_SIZE, 1)),
-            ops.reshape(ops.stop_gradient(previous_moves), (-1, 2)))
-        evidence = ops.transpose(ops.reshape(evidence, (-1, self.layers, FRAME_SIZE,
-                                                        FRAME_SIZE)), (0, 2, 3, 1))
+        # (batch * time, 64, 64, layers): the previous frame moved by each previous move.
+        evidence = translate_layers(
+            ops.repeat(ops.reshape(previous_frames, (-1, FRAME_SIZE, FRAME_SIZE, 1)),
+                       self.layers, axis=-1),
+            ops.reshape(ops.stop_gradient(previous_moves), (-1, self.layers, 2)))
         maps = self.draw.layers[-1](self._hidden(flat_outputs, features))
         logits = self.share_logits(ops.concatenate(
             [maps, ops.reshape(frames, (-1, FRAME_SIZE, FRAME_SIZE, 1)), evidence], axis=-1))
@@ -653,17 +643,14 @@ class FrameDecoder(keras.layers.Layer):
     def compose_layers(self, layers, offsets):
         """`layers` `(n, 64, 64, layers)` moved by `offsets` `(n, layers, 2)` and combined ->
         `(n, 64, 64, 1)`."""
-        layers = ops.transpose(layers, (0, 3, 1, 2))  # (n, layers, 64, 64)
-        moved = translate_frames(ops.reshape(layers, (-1, FRAME_SIZE, FRAME_SIZE, 1)),
-                                 ops.reshape(offsets, (-1, 2)))
-        moved = ops.reshape(moved, (-1, self.layers, FRAME_SIZE, FRAME_SIZE))
+        moved = translate_layers(layers, offsets)
         if self.tracked:
             # Whole objects: they combine as the digits do, by their maximum.
-            frame = ops.max(moved, axis=1)
+            frame = ops.max(moved, axis=-1)
         else:
             # The sum keeps the reference's brightness wherever the shares are soft; capped
             # at 1 where moved layers overlap, as the digits combine (by their maximum).
-            frame = ops.minimum(ops.sum(moved, axis=1), 1.0)
+            frame = ops.minimum(ops.sum(moved, axis=-1), 1.0)
         # Never exactly 0 or 1: the cross-entropy clips its input, and a clipped pixel (a
         # digit moved to the wrong place) would give no gradient.
         return (REFERENCE_FLOOR + (1.0 - 2.0 * REFERENCE_FLOOR) * frame)[..., None]
@@ -735,6 +722,15 @@ def translate_frames(frames, offsets):
     rows, columns = interpolation(height, offsets[:, 0]), interpolation(width, offsets[:, 1])
     moved = ops.matmul(ops.matmul(rows, frames[..., 0]), ops.transpose(columns, (0, 2, 1)))
     return moved[..., None]
+
+
+def translate_layers(layers, offsets):
+    """`translate_frames` of each layer by its own offset: `layers` `(n, height, width, count)`
+    and `offsets` `(n, count, 2)` -> `(n, height, width, count)`."""
+    height, width, count = layers.shape[1], layers.shape[2], layers.shape[3]
+    single = ops.reshape(ops.transpose(layers, (0, 3, 1, 2)), (-1, height, width, 1))
+    moved = translate_frames(single, ops.reshape(offsets, (-1, 2)))
+    return ops.transpose(ops.reshape(moved, (-1, count, height, width)), (0, 2, 3, 1))
 
 
 def move_frames(frames, kernels):
@@ -898,17 +894,17 @@ def _parts(model):
     return encoders[0] if encoders else None, recurrent[0], model.get_layer("decoder")
 
 
-def _cell_inputs(encoder, frames, training=False, centers=None, moves=None):
+def _cell_inputs(encoder, frames, training=False, objects=None):
     """What the cell reads of `frames` `(batch, time, 64, 64, 1)`: the encoder's latent vector,
-    and with the tracked split the objects' `centers` and last `moves` `(batch, time, layers,
-    2)` (alone without an encoder). Returns `(inputs (batch, time, features), the encoder's
-    maps or None)`."""
+    and with the tracked split `objects`, their centers and last moves `(batch, time, layers,
+    2)` each (alone without an encoder). Returns `(inputs (batch, time, features), the
+    encoder's maps or None)`."""
     parts, features = [], None
     if encoder is not None:
         latent, features = encoder(frames, training=training)
         parts.append(latent)
-    if centers is not None:
-        parts.append(track_features(centers, moves))
+    if objects is not None:
+        parts.append(track_features(*objects))
     return (parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)), features
 
 
@@ -960,9 +956,9 @@ def rollout_predictions(model, frames, input_frames, training=False, own_probabi
     if tracker is not None:
         centers, layers = tracker(frames[:, :input_frames]) if centers is None else centers
         centers, layers = centers[:, :input_frames], layers[:, :input_frames]
-    latent, features = _cell_inputs(encoder, frames[:, :input_frames], training,
-                                    *((centers, tracked_moves(centers))
-                                      if tracker is not None else ()))
+    latent, features = _cell_inputs(
+        encoder, frames[:, :input_frames], training,
+        (centers, tracked_moves(centers)) if tracker is not None else None)
     states = _initial_states(recurrent, batch)
     outputs = []
     for t in range(input_frames):
@@ -994,7 +990,7 @@ def rollout_predictions(model, frames, input_frames, training=False, own_probabi
         # The objects are where the layers were moved to, by the last move.
         latent, features = _cell_inputs(
             encoder, frame, training,
-            *(((centers[:, -1] + offsets)[:, None], move[:, None]) if tracker is not None else ()))
+            ((centers[:, -1] + offsets)[:, None], move[:, None]) if tracker is not None else None)
         output, states = cell(latent[:, 0], states, training=training)
         if decoder.layers:
             move = (decoder.moves(output, centers[:, -1] + offsets, move) if decoder.tracked
@@ -1159,9 +1155,8 @@ def predict_frames(model, frames, num_frames):
     centers = tf.zeros([batch, tf.shape(frames)[1], 0, 2])
     if tracker is not None:
         centers, layers = tracker(frames)
-    latent, features = _cell_inputs(encoder, frames, False,
-                                    *((centers, tracked_moves(centers))
-                                      if tracker is not None else ()))
+    latent, features = _cell_inputs(
+        encoder, frames, False, (centers, tracked_moves(centers)) if tracker is not None else None)
     if features is None:  # Nothing of the frames is carried but where the objects are.
         features = tf.zeros([batch, tf.shape(frames)[1], 0])
     states = _initial_states(recurrent, batch)
@@ -1201,7 +1196,7 @@ def predict_frames(model, frames, num_frames):
         predicted = predicted.write(k, frame[:, 0])
         new_latent, new_features = _cell_inputs(
             encoder, frame, False,
-            *(((positions + offsets)[:, None], move[:, None]) if tracker is not None else ()))
+            ((positions + offsets)[:, None], move[:, None]) if tracker is not None else None)
         if new_features is not None:
             last_features = new_features
         output, states = cell(new_latent[:, 0], states, training=False)
