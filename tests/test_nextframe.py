@@ -317,6 +317,62 @@ def test_tracks_only_reads_no_pixels_and_the_learning_rate_decays(data):
         app.build_model(dataclasses.replace(app.SMOKE, tracks_only=True), data)
 
 
+def test_training_on_tracks_rolls_out_the_tracked_centers_alone(data, tmp_path):
+    keras.utils.set_random_seed(0)
+    config = dataclasses.replace(app.SMOKE, tracks_only=True, train_on_tracks=True, **TRACKED)
+    tracked_data = app.load_data(config)
+    model = app.build_model(config, tracked_data)
+    tracker = model.get_layer("tracker")
+    # The training split: the tracker's centers of whole training sequences, reshuffled.
+    digits = moving_mnist.load_digits(None)["train"]
+    sequences = moving_mnist.moving_sequences(digits, range(config.train_sequences),
+                                              config.seed + 1)
+    every = tracker(sequences[..., None].astype("float32") / 255)[0].numpy()
+    batches = [batch.numpy() for batch in tracked_data.train]
+    assert batches[0].shape == (config.batch_size, 20, 2, 2)
+    epoch = np.concatenate(batches)
+    order = np.lexsort(epoch.reshape(len(epoch), -1).T)
+    np.testing.assert_allclose(epoch[order],
+                               every[np.lexsort(every.reshape(len(every), -1).T)], atol=1e-4)
+    assert not np.allclose(epoch, every, atol=1e-4)  # Shuffled.
+    # The rollout on the centers alone puts the objects where the rollout on frames does, and
+    # reads only the first input_frames centers.
+    inputs, targets = next(iter(data.validation))
+    true_centers = tracker(np.concatenate([inputs[:, :1], targets], axis=1))
+    rolled = app.rollout_predictions(model, inputs, config.input_frames, return_centers=True,
+                                     centers=true_centers)[1].numpy()
+    centers = app.rollout_centers(model, true_centers[0], config.input_frames).numpy()
+    np.testing.assert_allclose(centers, rolled, atol=1e-4)
+    changed = true_centers[0].numpy().copy()
+    changed[:, config.input_frames:] += 5.0
+    np.testing.assert_allclose(app.rollout_centers(model, changed, config.input_frames), centers,
+                               atol=1e-6)
+    # Validation rolls out on frames: its loss is the Huber loss (in NumPy) between those
+    # centers and the tracked true ones.
+    error = np.abs(centers - true_centers[0].numpy()[:, 1:])
+    huber = np.mean(np.where(error <= 1, 0.5 * error ** 2, error - 0.5))
+    metrics = model.evaluate(inputs, targets, batch_size=len(inputs), verbose=0,
+                             return_dict=True)
+    assert metrics["loss"] == pytest.approx(huber, rel=1e-4)
+    # Training steps read centers, move every weight and lower the loss.
+    app_checks.check_training_step_changes_every_weight(model, (batches[0],))
+    history = model.fit(tracked_data.train, validation_data=tracked_data.validation, epochs=3,
+                        verbose=0).history
+    assert set(history) == {"loss", "val_loss", "val_mse", "val_mae"}
+    assert history["loss"][-1] < history["loss"][0]
+    assert app_checks.check_keras_round_trip(model, _frames(data), tmp_path).train_on_tracks
+    with pytest.raises(ValueError, match=r"trains on tracked centers \(batch, time, objects"):
+        model.train_on_batch(inputs, targets)
+    with pytest.raises(ValueError, match="train_on_tracks needs tracks_only=true"):
+        app.build_model(dataclasses.replace(config, tracks_only=False), data)
+    with pytest.raises(ValueError, match="train_on_tracks needs rollouts without start_steps"):
+        app.RolloutModel(model.inputs, model.outputs, rollout_from=2, start_steps=1,
+                         train_on_tracks=True)
+    with pytest.raises(ValueError, match="rollout_centers needs a model with tracks_only"):
+        app.rollout_centers(app.build_model(dataclasses.replace(app.SMOKE, **TRACKED), data),
+                            true_centers[0], config.input_frames)
+
+
 def test_scheduled_sampling_ramps_from_teacher_forcing_to_rollouts(data, tmp_path):
     config = dataclasses.replace(app.SMOKE, train_on_rollouts=True, rollout_ramp_epochs=2)
     model = app.build_model(config, data)
@@ -356,16 +412,24 @@ def test_rollouts_can_start_after_teacher_forced_epochs(data, tmp_path):
         app.RolloutModel(model.inputs, model.outputs, rollout_from=2, start_steps=-1)
 
 
-@pytest.mark.parametrize("variant", ["pixels", "tracked"])
+@pytest.mark.parametrize("variant", ["pixels", "tracked", "tracks only"])
 def test_conv_lstm_reference_rolls_out_like_the_elman_model(data, monkeypatch, variant):
     """The benchmark's ConvLSTM2D reference is an RNN cell, so that rollouts step it; it reads
-    the tracked objects beside the latent vector as the Elman cell does."""
+    the tracked objects beside the latent vector (or alone) as the Elman cell does, and
+    trains on the tracks alone the same way."""
     monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
     benchmark = importlib.import_module("nextframe")
     config = dataclasses.replace(app.SMOKE, latent_dim=64, **VARIANTS[variant])
     keras.utils.set_random_seed(0)
     model = app.build_model(config, data, recurrent_layer=benchmark.conv_lstm(config))
     _check_rollout_feeds_back_its_own_predictions(model, _frames(data, 2)[:, :5], 2)
+    if config.tracks_only:
+        inputs, targets = next(iter(data.validation))
+        tracked = model.get_layer("tracker")(np.concatenate([inputs[:, :1], targets], axis=1))
+        _, rolled = app.rollout_predictions(model, inputs, config.input_frames,
+                                            return_centers=True, centers=tracked)
+        np.testing.assert_allclose(app.rollout_centers(model, tracked[0], config.input_frames),
+                                   rolled, atol=1e-4)
 
 
 def test_move_frames_convolves_each_frame_with_its_own_kernels():
