@@ -254,6 +254,12 @@ def load_data(config):
                 source=digits["source"])
 
 
+def whole_sequences(inputs, targets):
+    """The sequences of a `(frames[:, :-1], frames[:, 1:])` pair: the first input frame, then
+    the targets."""
+    return ops.concatenate([inputs[:, :1], targets], axis=1)
+
+
 def _tracked_split(config, digits, count, seed):
     """The `ObjectTracker`'s centers of a split's sequences, `(batch, frames, objects, 2)`
     batches (train_on_tracks): tracked once, while the first epoch reads them, then cached
@@ -261,8 +267,8 @@ def _tracked_split(config, digits, count, seed):
     frames, _ = _split(config, digits, count, seed, shuffle=False, batch_size=TRACKING_BATCH)
     tracker = ObjectTracker(config.reference_layers, config.track_iterations)
 
-    def track(inputs, targets):  # The whole sequences: the first frame, then the targets.
-        return tracker(tf.concat([inputs[:, :1], targets], axis=1))[0]
+    def track(inputs, targets):
+        return tracker(whole_sequences(inputs, targets))[0]
 
     centers = frames.map(track).unbatch().cache()
     centers = centers.shuffle(count, seed=config.seed, reshuffle_each_iteration=True)
@@ -1208,7 +1214,7 @@ class RolloutModel(keras.Model):
             elif self.track_loss_weight or self.train_on_tracks:
                 # The tracker follows the objects through the true frames (x's first, then
                 # y's); the rollout reads the centers of the first ones.
-                tracked = _tracker(self)(ops.concatenate([x[:, :1], y], axis=1))
+                tracked = _tracker(self)(whole_sequences(x, y))
                 y_pred, centers = rollout_predictions(
                     self, x, self.rollout_from, training=training, return_centers=True,
                     centers=tracked)
