@@ -213,8 +213,10 @@ class ElmanRNN(keras.layers.RNN):
 
     def _takes_fast_path(self, training):
         cell = self.cell
+        if not isinstance(cell, ElmanCell):  # Any other cell: Keras's own loop.
+            return False
         name = getattr(cell.activation, "__name__", "")
-        return (self.fast_path and isinstance(cell, ElmanCell) and not self.unroll
+        return (self.fast_path and not self.unroll
                 and keras.backend.backend() == "tensorflow" and name in _ELEMENTWISE
                 and not (training and cell.recurrent_dropout > 0))
 

@@ -178,6 +178,19 @@ def test_the_fast_path_is_taken(monkeypatch):
     assert calls == [1]
 
 
+def test_other_cells_run_in_keras_loop(monkeypatch):
+    import elman.layers.elman_rnn as module
+
+    calls = []
+    monkeypatch.setattr(module, "_recurrence", lambda *args: calls.append(1))
+    # A cell without an activation attribute (a GRU cell has one, a wrapper may not).
+    cell = keras.layers.StackedRNNCells([keras.layers.SimpleRNNCell(3)])
+    outputs = ElmanRNN(cell, return_sequences=True)(_inputs(False))
+    reference = keras.layers.RNN(cell, return_sequences=True)(_inputs(False))
+    assert calls == []
+    np.testing.assert_allclose(outputs, reference, rtol=1e-6)
+
+
 def test_xla_training_step_matches():
     reference, fast = _twin_models({"output_units": 2}, {"return_sequences": True}, True)
     targets = np.random.default_rng(2).normal(size=(3, TIME, 2)).astype("float32")
