@@ -15,6 +15,7 @@ import app_checks
 from elman.apps import get_app
 from elman.cli import main
 from elman.datasets import moving_mnist
+from elman.layers import ElmanCell
 
 app = get_app("nextframe")
 
@@ -29,7 +30,8 @@ def data():
 DECODERS = app.DECODERS
 TRACKED = dict(decoder="reference", reference_split="tracks", reference_layers=2)
 VARIANTS = {**{decoder: dict(decoder=decoder) for decoder in DECODERS}, "tracked": TRACKED,
-            "tracks only": dict(TRACKED, tracks_only=True)}
+            "tracks only": dict(TRACKED, tracks_only=True),
+            "objects apart": dict(TRACKED, tracks_only=True, objects_apart=True)}
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -373,6 +375,52 @@ def test_training_on_tracks_rolls_out_the_tracked_centers_alone(data, tmp_path):
                             true_centers[0], config.input_frames)
 
 
+def test_objects_apart_steps_one_cell_on_each_object_with_the_same_weights(data):
+    keras.utils.set_random_seed(0)
+    config = dataclasses.replace(app.SMOKE, tracks_only=True, objects_apart=True, **TRACKED)
+    model = app.build_model(config, data)
+    recurrent, decoder = model.get_layer("elman"), model.get_layer("decoder")
+    cell = recurrent.cell
+    assert isinstance(cell, app.ObjectwiseCell) and isinstance(cell.cell, ElmanCell)
+    # One object's center and move in, per object: the same U, W, V for both.
+    assert cell.cell.U.shape == (4, config.hidden_units)
+    assert cell.output_size == 2 * config.latent_dim
+    rng = np.random.default_rng(0)
+    centers = rng.uniform(10, 50, (3, 5, 2, 2)).astype("float32")
+    features = app.track_features(centers, app.tracked_moves(centers)).numpy()  # (3, 5, 8)
+    np.testing.assert_allclose(features[..., 4:6], (centers[..., 1, :] - 31.5) / 31.5,
+                               rtol=1e-6)
+    # The reference: a NumPy loop stepping the Elman equations on each object alone.
+    W, U, V = (weight.numpy() for weight in (cell.cell.W, cell.cell.U, cell.cell.V))
+    b, c = cell.cell.b.numpy(), cell.cell.c.numpy()
+    expected = np.zeros((3, 5, 2, config.latent_dim), "float32")
+    for k in range(2):
+        state = np.zeros((3, config.hidden_units), "float32")
+        for t in range(5):
+            state = np.tanh(features[:, t, 4 * k:4 * k + 4] @ U + state @ W + b)
+            expected[:, t, k] = np.maximum(state @ V + c, 0)
+    outputs = recurrent(features).numpy()
+    np.testing.assert_allclose(outputs.reshape(expected.shape), expected, atol=1e-5)
+    # Swapping the objects swaps the outputs and the moves: neither reads the other object.
+    swapped = centers[:, :, ::-1]
+    swapped_outputs = recurrent(app.track_features(swapped, app.tracked_moves(swapped)))
+    np.testing.assert_allclose(swapped_outputs.numpy().reshape(expected.shape),
+                               expected[:, :, ::-1], atol=1e-5)
+    moves = decoder.object_moves(outputs, centers).numpy()
+    np.testing.assert_allclose(decoder.object_moves(swapped_outputs, swapped).numpy(),
+                               moves[:, :, ::-1], atol=1e-5)
+    assert decoder.steps.kernel.shape == (config.latent_dim + 4, 2)
+    # Errors that say what is wrong.
+    with pytest.raises(ValueError, match="objects_apart needs tracks_only=true"):
+        app.build_model(dataclasses.replace(config, tracks_only=False), data)
+    with pytest.raises(ValueError, match='objects_apart needs layers and split="tracks"'):
+        app.FrameDecoder(8, layers=2, objects_apart=True)
+    with pytest.raises(ValueError, match="needs a multiple of 2 input features"):
+        app.ObjectwiseCell(ElmanCell(4), 2).build((None, 5))
+    with pytest.raises(ValueError, match="objects must be >= 1"):
+        app.ObjectwiseCell(ElmanCell(4), 0)
+
+
 def test_scheduled_sampling_ramps_from_teacher_forcing_to_rollouts(data, tmp_path):
     config = dataclasses.replace(app.SMOKE, train_on_rollouts=True, rollout_ramp_epochs=2)
     model = app.build_model(config, data)
@@ -412,7 +460,7 @@ def test_rollouts_can_start_after_teacher_forced_epochs(data, tmp_path):
         app.RolloutModel(model.inputs, model.outputs, rollout_from=2, start_steps=-1)
 
 
-@pytest.mark.parametrize("variant", ["pixels", "tracked", "tracks only"])
+@pytest.mark.parametrize("variant", ["pixels", "tracked", "tracks only", "objects apart"])
 def test_conv_lstm_reference_rolls_out_like_the_elman_model(data, monkeypatch, variant):
     """The benchmark's ConvLSTM2D reference is an RNN cell, so that rollouts step it; it reads
     the tracked objects beside the latent vector (or alone) as the Elman cell does, and

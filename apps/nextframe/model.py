@@ -169,6 +169,13 @@ class Config:
     # batch 256, 43 min): MSE 59.6 / MAE 124.9 / SSIM 0.732, the best MSE and MAE so far;
     # training the same model on frames afterwards made it worse (scratch: MSE 64 -> 91).
     train_on_tracks: bool = False
+    # With tracks_only: the Elman cell follows each object apart from the others
+    # (`ObjectwiseCell`): one state per object, the same W, U, V for all, and each object's
+    # move chosen from its own output; hidden_units and latent_dim are per object. The digits
+    # move independently, so nothing is lost, and what is learned of one digit's motion
+    # holds for the other's. Scratch runs (3,000 steps of 256 on 65,536 tracked sequences):
+    # center error 1.57 px against 1.78 px for one cell reading both objects.
+    objects_apart: bool = False
     # Cosine decay of the learning rate to 0 over this many epochs (0: a constant rate).
     learning_rate_decay_epochs: int = 0
     batch_size: int = 32
@@ -484,12 +491,75 @@ def nearest_center(centers):
 
 def track_features(centers, moves):
     """What the Elman cell reads of the tracked objects: `centers` `(..., count, 2)` and their
-    last `moves` `(..., count, 2)` in pixels -> `(..., 4 * count)`, the centers scaled to
-    [-1, 1] and the moves divided by 4 (about one step of Moving MNIST's digits)."""
+    last `moves` `(..., count, 2)` in pixels -> `(..., 4 * count)`, object after object: its
+    center scaled to [-1, 1] and its move divided by 4 (about one step of Moving MNIST's
+    digits). Object k's features are `[..., 4 * k:4 * k + 4]` (what `ObjectwiseCell` splits)."""
     half = (FRAME_SIZE - 1) / 2
     count = centers.shape[-2]
-    return ops.concatenate([(centers[..., k, :] - half) / half for k in range(count)]
-                           + [moves[..., k, :] / 4.0 for k in range(count)], axis=-1)
+    return ops.concatenate([part for k in range(count)
+                            for part in ((centers[..., k, :] - half) / half,
+                                         moves[..., k, :] / 4.0)], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="elman")
+class ObjectwiseCell(keras.layers.Layer):
+    """Steps a recurrent cell on each of `objects` objects apart, with the same weights: an RNN
+    cell `(batch, objects * features)` -> `(batch, objects * output_size)`, for objects that
+    move independently (Moving MNIST's digits pass through each other).
+
+    Input features `[k * features:(k + 1) * features]` are object k's (`track_features`
+    writes them so). The inner cell steps `(batch * objects, features)` rows: object k of
+    every sequence has its own state, and W, U, V are shared by all objects, so what the
+    cell learns of one object's motion holds for the other's, and it cannot confuse them.
+    Output k is object k's. Each inner state of shape `s` is held as `(batch, objects, *s)`.
+
+    Args:
+        cell: the inner RNN cell (an `ElmanCell`, or any cell with `state_size` and
+            `output_size`), or its serialized config.
+        objects: int >= 1.
+    """
+
+    def __init__(self, cell, objects, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(cell, dict):
+            cell = keras.saving.deserialize_keras_object(cell)
+        if int(objects) < 1:
+            raise ValueError(f"objects must be >= 1, received objects={objects}")
+        self.cell, self.objects = cell, int(objects)
+        # Keras's convention: a list of states, each of an int size or a shape.
+        sizes = (cell.state_size if isinstance(cell.state_size, (list, tuple))
+                 else [cell.state_size])
+        self._inner_shapes = [tuple(size) if isinstance(size, (list, tuple)) else (int(size),)
+                              for size in sizes]
+        self.state_size = [(self.objects, *shape) for shape in self._inner_shapes]
+        self.output_size = self.objects * cell.output_size
+
+    def build(self, input_shape):
+        features = input_shape[-1] // self.objects
+        if features * self.objects != input_shape[-1]:
+            raise ValueError(f"an ObjectwiseCell of {self.objects} objects needs a multiple of "
+                             f"{self.objects} input features, received {input_shape[-1]}")
+        if not self.cell.built:  # A reloaded model may have built it from its config.
+            self.cell.build((None, features))
+
+    def call(self, inputs, states, training=False):
+        states = states if isinstance(states, (list, tuple)) else [states]
+        batch = ops.shape(inputs)[0]
+        rows = ops.reshape(inputs, (batch * self.objects, -1))
+        inner = [ops.reshape(state, (batch * self.objects, *shape))
+                 for state, shape in zip(states, self._inner_shapes)]
+        output, inner = self.cell(rows, inner, training=training)
+        inner = inner if isinstance(inner, (list, tuple)) else [inner]
+        return (ops.reshape(output, (batch, self.output_size)),
+                [ops.reshape(state, (batch, *size))
+                 for state, size in zip(inner, self.state_size)])
+
+    def get_initial_state(self, batch_size=None):
+        return [ops.zeros((batch_size, *size), self.compute_dtype) for size in self.state_size]
+
+    def get_config(self):
+        return {**super().get_config(), "cell": keras.saving.serialize_keras_object(self.cell),
+                "objects": self.objects}
 
 
 def tracked_moves(centers):
@@ -548,10 +618,13 @@ class FrameDecoder(keras.layers.Layer):
             the tracked split: the largest change of a move). Default: 6.
         split: "learned" (the shares' head) or "tracks" (the tracker's layers), with `layers`.
             Default: "learned".
+        objects_apart: bool, with the tracked split: the recurrent output is `layers` outputs
+            of an `ObjectwiseCell`, one per object, and each object's move is chosen from
+            its own output, center and last move by the same dense layer. Default: False.
     """
 
     def __init__(self, filters, kernels=0, kernel_size=9, layers=0, max_step=6.0,
-                 split="learned", **kwargs):
+                 split="learned", objects_apart=False, **kwargs):
         super().__init__(**kwargs)
         if split not in REFERENCE_SPLITS:
             raise ValueError(f"split must be one of {', '.join(map(repr, REFERENCE_SPLITS))}, "
@@ -566,6 +639,10 @@ class FrameDecoder(keras.layers.Layer):
         self.filters, self.kernels, self.kernel_size = filters, int(kernels), int(kernel_size)
         self.layers, self.max_step = int(layers), float(max_step)
         self.split = split
+        self.objects_apart = bool(objects_apart)
+        if self.objects_apart and not (self.layers and split == "tracks"):
+            raise ValueError('objects_apart needs layers and split="tracks", received '
+                             f"layers={layers}, split={split!r}")
         # Tracked layers need no decoder CNN: the split is the tracker's, the moves a dense layer's.
         self.tracked = bool(self.layers) and split == "tracks"
         transposed = dict(kernel_size=3, strides=2, padding="same", activation="relu")
@@ -594,8 +671,8 @@ class FrameDecoder(keras.layers.Layer):
             # after 100 steps was 154, with 4 and 2e-2 it was 133); and at whole-pixel offsets
             # (zero) a bilinear translation has no gradient with respect to the offset.
             self.steps = keras_layers.Dense(
-                2 * self.layers, kernel_initializer=keras.initializers.RandomNormal(
-                    stddev=2e-2, seed=0))
+                2 if self.objects_apart else 2 * self.layers,
+                kernel_initializer=keras.initializers.RandomNormal(stddev=2e-2, seed=0))
             if not self.tracked:
                 self.share_logits = keras_layers.Conv2D(self.layers, 3, padding="same")
 
@@ -607,7 +684,9 @@ class FrameDecoder(keras.layers.Layer):
         if self.kernels:
             self.kernel_logits.build((None, latent_shape[-1]))
             self.mask_logits.build((None, FRAME_SIZE, FRAME_SIZE, self.filters))
-        if self.layers:
+        if self.objects_apart:  # One object's output, center and last move.
+            self.steps.build((None, latent_shape[-1] // self.layers + 4))
+        elif self.layers:
             self.steps.build((None, latent_shape[-1] + (4 * self.layers if self.tracked else 0)))
         if self.layers and not self.tracked:
             self.share_logits.build((None, FRAME_SIZE, FRAME_SIZE,
@@ -668,12 +747,19 @@ class FrameDecoder(keras.layers.Layer):
         the current frame's part of the decoder's input (as the pixel decoder reads the
         current frame's maps): the move is the last move plus a correction chosen from the
         recurrent output and them, at most `max_step` per axis (the same speed, unless the
-        cell sees a reason to change it: a bounce, or a better estimate).
+        cell sees a reason to change it: a bounce, or a better estimate). With
+        `objects_apart`, each object's from its own part of the output and its own track.
         """
         if not self.tracked:
             return self.max_step * ops.tanh(ops.reshape(self.steps(outputs),
                                                         (-1, self.layers, 2)))
-        inputs = ops.concatenate([outputs, track_features(centers, last_moves)], axis=-1)
+        if self.objects_apart:  # (n, layers, output per object + 4): object after object.
+            inputs = ops.concatenate(
+                [ops.reshape(outputs, (-1, self.layers, outputs.shape[-1] // self.layers)),
+                 ops.reshape(track_features(centers, last_moves), (-1, self.layers, 4))],
+                axis=-1)
+        else:
+            inputs = ops.concatenate([outputs, track_features(centers, last_moves)], axis=-1)
         return last_moves + self.max_step * ops.tanh(
             ops.reshape(self.steps(inputs), (-1, self.layers, 2)))
 
@@ -754,7 +840,8 @@ class FrameDecoder(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernels": self.kernels,
                 "kernel_size": self.kernel_size, "layers": self.layers,
-                "max_step": self.max_step, "split": self.split}
+                "max_step": self.max_step, "split": self.split,
+                "objects_apart": self.objects_apart}
 
 
 def translate_frames(frames, offsets):
@@ -848,6 +935,15 @@ def build_model(config, data=None, recurrent_layer=None):
         raise ValueError("train_on_tracks needs tracks_only=true (and decoder=\"reference\", "
                          "reference_split=\"tracks\"): the cell must read nothing but the "
                          "tracks")
+    if config.objects_apart and not config.tracks_only:
+        raise ValueError("objects_apart needs tracks_only=true (and decoder=\"reference\", "
+                         "reference_split=\"tracks\"): the cell must read nothing but the "
+                         "objects' tracks")
+    if config.objects_apart:
+        # The same recurrence, stepped on each object apart.
+        recurrent = (ElmanRNN if recurrent_layer is None else keras.layers.RNN)(
+            ObjectwiseCell(recurrent.cell, config.reference_layers), return_sequences=True,
+            name=recurrent.name)
     if not config.tracks_only:
         latent, features = FrameEncoder(config.filters, config.latent_dim,
                                         name="encoder")(frames)
@@ -866,7 +962,8 @@ def build_model(config, data=None, recurrent_layer=None):
         config.filters, config.transform_kernels if config.decoder == "transform" else 0,
         config.transform_kernel_size,
         layers=config.reference_layers if config.decoder == "reference" else 0,
-        max_step=config.reference_max_step, split=config.reference_split, name="decoder")
+        max_step=config.reference_max_step, split=config.reference_split,
+        objects_apart=config.objects_apart, name="decoder")
     predicted = decoder([outputs, centers, tracked_layers] if tracked
                         else [outputs, features, frames])
     steps_per_epoch = -(-config.train_sequences // config.batch_size)
