@@ -6,19 +6,26 @@ On the fixed test sequences (the same as `elman evaluate nextframe`), it prints:
 
 - how often a tracked move between two frames equals the generator's (each digit, each step),
   and how many sequences are tracked without a single wrong move;
-- 10 -> 10 per-frame MSE (summed over the 64x64 pixels) when the tracker's layers of the 10th
-  frame are moved by the generator's true moves (perfect dynamics), and by the moves the tracker
-  finds in the true frames that follow; beside copying the last frame.
+- 10 -> 10 per-frame MSE and MAE (summed over the 64x64 pixels) and SSIM when the tracker's
+  layers of the 10th frame are moved by the generator's true moves (perfect dynamics), by the
+  true moves plus Gaussian errors of 0.5 and 1 pixel per axis (how fast the figures fall with
+  the error of the moves), and by the moves the tracker finds in the true frames that follow;
+  beside copying the last frame;
+- with `--run-dir`, a trained model's figures (`predict_frames`, as `elman evaluate`) on all
+  these sequences, on those tracked without a wrong move, and on the others.
 
     ELMAN_DATA_DIR=../shared/data python benchmarks/nextframe_tracker.py [--sequences 1000]
+        [--run-dir runs/benchmark-nextframe/elman]
 """
 
 import argparse
 import itertools
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -34,7 +41,16 @@ def main():
     parser.add_argument("--sequences", type=int, default=1000,
                         help="test sequences to track (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--run-dir", type=Path,
+                        help="also score the model.keras of this run directory")
     args = parser.parse_args()
+    model = None
+    if args.run_dir is not None:
+        if not (args.run_dir / "model.keras").is_file():
+            parser.error(f"--run-dir: no model.keras in {args.run_dir}")
+        model = keras.saving.load_model(args.run_dir / "model.keras")
+        rollout = tf.function(lambda frames: app.predict_frames(model, frames,
+                                                                config.output_frames))
     config = app.Config()
     digits = moving_mnist.load_digits(os.environ.get("ELMAN_DATA_DIR"))
     count, given = config.digits_per_sequence, config.input_frames
@@ -43,8 +59,10 @@ def main():
     decoder = app.FrameDecoder(config.filters, layers=count, split="tracks")
     track = tf.function(tracker.__call__, input_signature=[
         tf.TensorSpec([None, frames, 64, 64, 1], tf.float32)])
-    right_moves, all_right, errors = [], [], {"true moves": [], "tracked moves": [],
-                                              "copy last frame": []}
+    names = ["true moves", "true moves + N(0, 0.5 px)", "true moves + N(0, 1 px)",
+             "tracked moves", "copy last frame"] + (["model"] if model is not None else [])
+    right_moves, all_right, errors = [], [], {name: [] for name in names}
+    noise = np.random.default_rng(0)
     print(f"digits: {digits['source']}; tracking {args.sequences} test sequences", flush=True)
     for start in range(0, args.sequences, args.batch_size):
         indices = range(start, min(start + args.batch_size, args.sequences))
@@ -70,22 +88,41 @@ def main():
         corners = np.take_along_axis(corners, orders[best][:, None, :, None], axis=2)
         true_offsets = corners[:, given:] - corners[:, given - 1:given]
         tracked_offsets = centers[:, given:] - centers[:, given - 1:given]
-        for name, offsets in (("true moves", true_offsets), ("tracked moves", tracked_offsets)):
-            predicted = np.stack([decoder.compose_layers(reference, offsets[:, k]).numpy()
+        moved = {"true moves": true_offsets, "tracked moves": tracked_offsets}
+        for error in (0.5, 1):
+            moved[f"true moves + N(0, {error} px)"] = true_offsets + noise.normal(
+                0, error, true_offsets.shape).astype("float32")
+        for name, offsets in moved.items():
+            # Without the floor of training, as the model predicts.
+            predicted = np.stack([decoder.compose_layers(reference, offsets[:, k],
+                                                         floor=False).numpy()
                                   for k in range(config.output_frames)], axis=1)
-            errors[name].append(app.frame_errors(predicted, truth)["mse"])
+            errors[name].append(app.frame_errors(predicted, truth))
         copy_last = np.repeat(sequences[:, given - 1:given], config.output_frames, axis=1)
-        errors["copy last frame"].append(app.frame_errors(copy_last, truth)["mse"])
+        errors["copy last frame"].append(app.frame_errors(copy_last, truth))
+        if model is not None:
+            errors["model"].append(app.frame_errors(
+                rollout(tf.constant(sequences[:, :given])).numpy(), truth))
     right_moves, all_right = np.concatenate(right_moves), np.concatenate(all_right)
     print(f"tracked moves equal to the generator's: {right_moves.mean():.1%} of "
           f"{right_moves.size} (digit, step); sequences without a wrong move: "
           f"{all_right.mean():.1%} of {all_right.size}")
+    print("10 -> 10 per frame (MSE frames 1 / 5 / 10), the tracker's layers of the last given "
+          "frame moved by:")
     for name, parts in errors.items():
-        mse = np.concatenate(parts)
-        by_frame = " / ".join(f"{value:.1f}" for value in mse.mean(axis=0)[[0, 4, 9]])
-        how = ("copying the last frame" if name == "copy last frame"
-               else f"the tracker's layers moved by the {name}")
-        print(f"10 -> 10 MSE per frame, {how}: {mse.mean():.1f} (frames 1 / 5 / 10: {by_frame})")
+        joined = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+        groups = [("", np.ones(len(all_right), bool))]
+        if name == "model":
+            groups += [(f", tracked without a wrong move ({all_right.sum()})", all_right),
+                        (f", the others ({(~all_right).sum()})", ~all_right)]
+        for group, selected in groups:
+            by_frame = " / ".join(f"{value:.1f}" for value in
+                                  joined["mse"][selected].mean(axis=0)[[0, 4, 9]])
+            how = {"copy last frame": "(copying the last frame)",
+                   "model": f"(the model of {args.run_dir}{group})"}.get(name, f"the {name}")
+            print(f"  {how}: MSE {joined['mse'][selected].mean():.1f}, MAE "
+                  f"{joined['mae'][selected].mean():.1f}, SSIM "
+                  f"{joined['ssim'][selected].mean():.3f} ({by_frame})")
 
 
 if __name__ == "__main__":
