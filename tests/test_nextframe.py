@@ -179,6 +179,7 @@ def _check_tracked_rollout(model, frames, predicted):
     and the last move; stepped here one cell call at a time."""
     encoder, recurrent, decoder = app._parts(model)
     tracker, cell = model.get_layer("tracker"), recurrent.cell
+    by_object = decoder.objects_apart  # The features object after object, for ObjectwiseCell.
 
     def latent_of(frames):  # (batch, time, latent_dim), or nothing with tracks_only
         return encoder(frames)[0] if encoder is not None else frames[:, :, :0, 0, 0]
@@ -188,9 +189,10 @@ def _check_tracked_rollout(model, frames, predicted):
     last_moves = np.concatenate([np.zeros_like(centers[:, :1]), np.diff(centers, axis=1)], 1)
     states = app._initial_states(recurrent, len(frames))
     for t in range(frames.shape[1]):
-        features_t = app.track_features(centers[:, t], last_moves[:, t])
+        features_t = app.track_features(centers[:, t], last_moves[:, t], by_object)
         output, states = cell(tf.concat([latent[:, t], features_t], -1), states)
-    outputs = recurrent(tf.concat([latent, app.track_features(centers, last_moves)], -1))
+    outputs = recurrent(tf.concat([latent, app.track_features(centers, last_moves, by_object)],
+                                  -1))
     np.testing.assert_allclose(outputs[:, -1], output, atol=1e-5)
     move = decoder.moves(output, centers[:, -1], last_moves[:, -1]).numpy()
     offsets = move.copy()
@@ -203,7 +205,7 @@ def _check_tracked_rollout(model, frames, predicted):
         np.testing.assert_allclose(predicted[:, k, ..., 0], moved, atol=1e-5)
         positions = centers[:, -1] + offsets
         read = tf.concat([latent_of(app.floored(predicted[:, k:k + 1]))[:, 0],
-                          app.track_features(positions, move)], -1)
+                          app.track_features(positions, move, by_object)], -1)
         output, states = cell(read, states)
         move = decoder.moves(output, positions, move).numpy()
         offsets = offsets + move
@@ -391,9 +393,11 @@ def test_objects_apart_steps_one_cell_on_each_object_with_the_same_weights(data)
     assert cell.output_size == 2 * config.latent_dim
     rng = np.random.default_rng(0)
     centers = rng.uniform(10, 50, (3, 5, 2, 2)).astype("float32")
-    features = app.track_features(centers, app.tracked_moves(centers)).numpy()  # (3, 5, 8)
+    features = app.track_features(centers, app.tracked_moves(centers), by_object=True).numpy()
     np.testing.assert_allclose(features[..., 4:6], (centers[..., 1, :] - 31.5) / 31.5,
-                               rtol=1e-6)
+                               rtol=1e-6)  # (3, 5, 8): object 1's center, then its move
+    every = app.track_features(centers, app.tracked_moves(centers)).numpy()
+    np.testing.assert_allclose(every[..., 2:4], features[..., 4:6], rtol=1e-6)
     # The reference: a NumPy loop stepping the Elman equations on each object alone.
     W, U, V = (weight.numpy() for weight in (cell.cell.W, cell.cell.U, cell.cell.V))
     b, c = cell.cell.b.numpy(), cell.cell.c.numpy()
@@ -407,7 +411,8 @@ def test_objects_apart_steps_one_cell_on_each_object_with_the_same_weights(data)
     np.testing.assert_allclose(outputs.reshape(expected.shape), expected, atol=1e-5)
     # Swapping the objects swaps the outputs and the moves: neither reads the other object.
     swapped = centers[:, :, ::-1]
-    swapped_outputs = recurrent(app.track_features(swapped, app.tracked_moves(swapped)))
+    swapped_outputs = recurrent(app.track_features(swapped, app.tracked_moves(swapped),
+                                                   by_object=True))
     np.testing.assert_allclose(swapped_outputs.numpy().reshape(expected.shape),
                                expected[:, :, ::-1], atol=1e-5)
     moves = decoder.object_moves(outputs, centers).numpy()

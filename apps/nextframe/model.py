@@ -492,16 +492,19 @@ def nearest_center(centers):
     return tf.argmin(distances, axis=-1, output_type=tf.int32)
 
 
-def track_features(centers, moves):
+def track_features(centers, moves, by_object=False):
     """What the Elman cell reads of the tracked objects: `centers` `(..., count, 2)` and their
-    last `moves` `(..., count, 2)` in pixels -> `(..., 4 * count)`, object after object: its
-    center scaled to [-1, 1] and its move divided by 4 (about one step of Moving MNIST's
-    digits). Object k's features are `[..., 4 * k:4 * k + 4]` (what `ObjectwiseCell` splits)."""
+    last `moves` `(..., count, 2)` in pixels -> `(..., 4 * count)`, the centers scaled to
+    [-1, 1] and the moves divided by 4 (about one step of Moving MNIST's digits): every
+    center, then every move; with `by_object`, object after object (its center, its move:
+    object k's features are `[..., 4 * k:4 * k + 4]`, what `ObjectwiseCell` splits)."""
     half = (FRAME_SIZE - 1) / 2
     count = centers.shape[-2]
-    return ops.concatenate([part for k in range(count)
-                            for part in ((centers[..., k, :] - half) / half,
-                                         moves[..., k, :] / 4.0)], axis=-1)
+    scaled = [(centers[..., k, :] - half) / half for k in range(count)]
+    moved = [moves[..., k, :] / 4.0 for k in range(count)]
+    if by_object:
+        return ops.concatenate([part for pair in zip(scaled, moved) for part in pair], axis=-1)
+    return ops.concatenate(scaled + moved, axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="elman")
@@ -511,7 +514,7 @@ class ObjectwiseCell(keras.layers.Layer):
     move independently (Moving MNIST's digits pass through each other).
 
     Input features `[k * features:(k + 1) * features]` are object k's (`track_features`
-    writes them so). The inner cell steps `(batch * objects, features)` rows: object k of
+    writes them so with `by_object`). The inner cell steps `(batch * objects, features)` rows: object k of
     every sequence has its own state, and W, U, V are shared by all objects, so what the
     cell learns of one object's motion holds for the other's, and it cannot confuse them.
     Output k is object k's. Each inner state of shape `s` is held as `(batch, objects, *s)`.
@@ -759,7 +762,8 @@ class FrameDecoder(keras.layers.Layer):
         if self.objects_apart:  # (n, layers, output per object + 4): object after object.
             inputs = ops.concatenate(
                 [ops.reshape(outputs, (-1, self.layers, outputs.shape[-1] // self.layers)),
-                 ops.reshape(track_features(centers, last_moves), (-1, self.layers, 4))],
+                 ops.reshape(track_features(centers, last_moves, by_object=True),
+                             (-1, self.layers, 4))],
                 axis=-1)
         else:
             inputs = ops.concatenate([outputs, track_features(centers, last_moves)], axis=-1)
@@ -959,7 +963,7 @@ def build_model(config, data=None, recurrent_layer=None):
         # Each object's center and last move, beside the latent vector (or alone).
         centers, tracked_layers = ObjectTracker(config.reference_layers, config.track_iterations,
                                                 name="tracker")(frames)
-        objects = track_features(centers, tracked_moves(centers))
+        objects = track_features(centers, tracked_moves(centers), config.objects_apart)
         latent = objects if config.tracks_only else ops.concatenate([latent, objects], axis=-1)
     outputs = recurrent(latent)  # (batch, time, latent_dim): o_t = relu(V s_t + c)
     if config.decoder == "reference" and config.train_on_rollouts and config.rollout_ramp_epochs:
@@ -1070,7 +1074,7 @@ def _parts(model):
 def _cell_inputs(encoder, frames, training=False, objects=None):
     """What the cell reads of `frames` `(batch, time, 64, 64, 1)`: the encoder's latent vector,
     and with the tracked split `objects`, their centers and last moves `(batch, time, layers,
-    2)` each (alone without an encoder). Returns `(inputs (batch, time, features), the
+    2)` each and whether the cell reads them by object (alone without an encoder). Returns `(inputs (batch, time, features), the
     encoder's maps or None)`."""
     parts, features = [], None
     if encoder is not None:
@@ -1131,7 +1135,8 @@ def rollout_predictions(model, frames, input_frames, training=False, own_probabi
         centers, layers = centers[:, :input_frames], layers[:, :input_frames]
     latent, features = _cell_inputs(
         encoder, frames[:, :input_frames], training,
-        (centers, tracked_moves(centers)) if tracker is not None else None)
+        (centers, tracked_moves(centers), decoder.objects_apart) if tracker is not None
+        else None)
     states = _initial_states(recurrent, batch)
     outputs = []
     for t in range(input_frames):
@@ -1163,7 +1168,8 @@ def rollout_predictions(model, frames, input_frames, training=False, own_probabi
         # The objects are where the layers were moved to, by the last move.
         latent, features = _cell_inputs(
             encoder, frame, training,
-            ((centers[:, -1] + offsets)[:, None], move[:, None]) if tracker is not None else None)
+            ((centers[:, -1] + offsets)[:, None], move[:, None], decoder.objects_apart)
+            if tracker is not None else None)
         output, states = cell(latent[:, 0], states, training=training)
         if decoder.layers:
             move = (decoder.moves(output, centers[:, -1] + offsets, move) if decoder.tracked
@@ -1207,7 +1213,8 @@ def rollout_centers(model, centers, input_frames, training=False):
     for t in range(centers.shape[1] - 1):
         if t < input_frames:  # A true frame's objects; afterwards, where the last step put them.
             center, move = centers[:, t], moves[:, t]
-        output, states = recurrent.cell(track_features(center, move), states, training=training)
+        output, states = recurrent.cell(track_features(center, move, decoder.objects_apart),
+                                        states, training=training)
         move = decoder.moves(output, center, move)
         center = center + move
         predicted.append(center)
@@ -1408,7 +1415,8 @@ def predict_frames(model, frames, num_frames):
     if tracker is not None:
         centers, layers = tracker(frames)
     latent, features = _cell_inputs(
-        encoder, frames, False, (centers, tracked_moves(centers)) if tracker is not None else None)
+        encoder, frames, False,
+        (centers, tracked_moves(centers), decoder.objects_apart) if tracker is not None else None)
     if features is None:  # Nothing of the frames is carried but where the objects are.
         features = tf.zeros([batch, tf.shape(frames)[1], 0])
     states = _initial_states(recurrent, batch)
@@ -1451,7 +1459,8 @@ def predict_frames(model, frames, num_frames):
         predicted = predicted.write(k, drawn[:, 0])  # (batch, 64, 64, 1)
         new_latent, new_features = _cell_inputs(
             encoder, frame, False,
-            ((positions + offsets)[:, None], move[:, None]) if tracker is not None else None)
+            ((positions + offsets)[:, None], move[:, None], decoder.objects_apart)
+            if tracker is not None else None)
         if new_features is not None:
             last_features = new_features
         output, states = cell(new_latent[:, 0], states, training=False)
