@@ -169,8 +169,9 @@ class Config:
     # against 0.5 s for 64 on frames. Validation rolls out on frames: val_loss is the same
     # center loss, val_mse and val_mae the frames'. An interrupted run resumes from its last
     # epoch and tracks the sequences again. Measured (README, 65,536 sequences, 120 epochs of
-    # batch 256, 43 min): MSE 59.6 / MAE 124.9 / SSIM 0.732, the best MSE and MAE so far;
-    # training the same model on frames afterwards made it worse (scratch: MSE 64 -> 91).
+    # batch 256, 43 min): MSE 59.6 / MAE 124.9 / SSIM 0.732, and predicted without the floor
+    # (session 19) MSE 60.0 / MAE 106.2 / SSIM 0.875, the best so far; training the same
+    # model on frames afterwards made it worse (scratch: MSE 64 -> 91).
     train_on_tracks: bool = False
     # With tracks_only: the Elman cell follows each object apart from the others
     # (`ObjectwiseCell`): one state per object, the same W, U, V for all, and each object's
