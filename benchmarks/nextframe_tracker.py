@@ -44,6 +44,7 @@ def main():
     parser.add_argument("--run-dir", type=Path,
                         help="also score the model.keras of this run directory")
     args = parser.parse_args()
+    config = app.Config()
     model = None
     if args.run_dir is not None:
         if not (args.run_dir / "model.keras").is_file():
@@ -51,7 +52,6 @@ def main():
         model = keras.saving.load_model(args.run_dir / "model.keras")
         rollout = tf.function(lambda frames: app.predict_frames(model, frames,
                                                                 config.output_frames))
-    config = app.Config()
     digits = moving_mnist.load_digits(os.environ.get("ELMAN_DATA_DIR"))
     count, given = config.digits_per_sequence, config.input_frames
     frames = given + config.output_frames

@@ -515,9 +515,10 @@ class ObjectwiseCell(keras.layers.Layer):
     move independently (Moving MNIST's digits pass through each other).
 
     Input features `[k * features:(k + 1) * features]` are object k's (`track_features`
-    writes them so with `by_object`). The inner cell steps `(batch * objects, features)` rows: object k of
-    every sequence has its own state, and W, U, V are shared by all objects, so what the
-    cell learns of one object's motion holds for the other's, and it cannot confuse them.
+    writes them so with `by_object`). The inner cell steps `(batch * objects, features)`
+    rows: object k of every sequence has its own state, and W, U, V are shared by all
+    objects, so what the cell learns of one object's motion holds for the other's, and it
+    cannot confuse them.
     Output k is object k's. Each inner state of shape `s` is held as `(batch, objects, *s)`.
 
     Args:
@@ -760,16 +761,20 @@ class FrameDecoder(keras.layers.Layer):
         if not self.tracked:
             return self.max_step * ops.tanh(ops.reshape(self.steps(outputs),
                                                         (-1, self.layers, 2)))
+        features = self.object_features(centers, last_moves)
         if self.objects_apart:  # (n, layers, output per object + 4): object after object.
             inputs = ops.concatenate(
                 [ops.reshape(outputs, (-1, self.layers, outputs.shape[-1] // self.layers)),
-                 ops.reshape(track_features(centers, last_moves, by_object=True),
-                             (-1, self.layers, 4))],
-                axis=-1)
+                 ops.reshape(features, (-1, self.layers, 4))], axis=-1)
         else:
-            inputs = ops.concatenate([outputs, track_features(centers, last_moves)], axis=-1)
+            inputs = ops.concatenate([outputs, features], axis=-1)
         return last_moves + self.max_step * ops.tanh(
             ops.reshape(self.steps(inputs), (-1, self.layers, 2)))
+
+    def object_features(self, centers, moves):
+        """What the cell reads of the tracked objects (`track_features`), laid out for it: object
+        after object with `objects_apart` (`ObjectwiseCell`)."""
+        return track_features(centers, moves, by_object=self.objects_apart)
 
     def object_moves(self, outputs, centers):
         """With the tracked split: each step's moves `(batch, time, layers, 2)` from the
@@ -1074,15 +1079,15 @@ def _parts(model):
 
 def _cell_inputs(encoder, frames, training=False, objects=None):
     """What the cell reads of `frames` `(batch, time, 64, 64, 1)`: the encoder's latent vector,
-    and with the tracked split `objects`, their centers and last moves `(batch, time, layers,
-    2)` each and whether the cell reads them by object (alone without an encoder). Returns `(inputs (batch, time, features), the
-    encoder's maps or None)`."""
+    and with the tracked split `objects`, the decoder's `object_features` of the frames'
+    objects `(batch, time, 4 * layers)` (alone without an encoder). Returns `(inputs (batch,
+    time, features), the encoder's maps or None)`."""
     parts, features = [], None
     if encoder is not None:
         latent, features = encoder(frames, training=training)
         parts.append(latent)
     if objects is not None:
-        parts.append(track_features(*objects))
+        parts.append(objects)
     return (parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)), features
 
 
@@ -1136,7 +1141,7 @@ def rollout_predictions(model, frames, input_frames, training=False, own_probabi
         centers, layers = centers[:, :input_frames], layers[:, :input_frames]
     latent, features = _cell_inputs(
         encoder, frames[:, :input_frames], training,
-        (centers, tracked_moves(centers), decoder.objects_apart) if tracker is not None
+        decoder.object_features(centers, tracked_moves(centers)) if tracker is not None
         else None)
     states = _initial_states(recurrent, batch)
     outputs = []
@@ -1169,7 +1174,7 @@ def rollout_predictions(model, frames, input_frames, training=False, own_probabi
         # The objects are where the layers were moved to, by the last move.
         latent, features = _cell_inputs(
             encoder, frame, training,
-            ((centers[:, -1] + offsets)[:, None], move[:, None], decoder.objects_apart)
+            decoder.object_features((centers[:, -1] + offsets)[:, None], move[:, None])
             if tracker is not None else None)
         output, states = cell(latent[:, 0], states, training=training)
         if decoder.layers:
@@ -1214,8 +1219,8 @@ def rollout_centers(model, centers, input_frames, training=False):
     for t in range(centers.shape[1] - 1):
         if t < input_frames:  # A true frame's objects; afterwards, where the last step put them.
             center, move = centers[:, t], moves[:, t]
-        output, states = recurrent.cell(track_features(center, move, decoder.objects_apart),
-                                        states, training=training)
+        output, states = recurrent.cell(decoder.object_features(center, move), states,
+                                        training=training)
         move = decoder.moves(output, center, move)
         center = center + move
         predicted.append(center)
@@ -1417,7 +1422,8 @@ def predict_frames(model, frames, num_frames):
         centers, layers = tracker(frames)
     latent, features = _cell_inputs(
         encoder, frames, False,
-        (centers, tracked_moves(centers), decoder.objects_apart) if tracker is not None else None)
+        decoder.object_features(centers, tracked_moves(centers)) if tracker is not None
+        else None)
     if features is None:  # Nothing of the frames is carried but where the objects are.
         features = tf.zeros([batch, tf.shape(frames)[1], 0])
     states = _initial_states(recurrent, batch)
@@ -1460,7 +1466,7 @@ def predict_frames(model, frames, num_frames):
         predicted = predicted.write(k, drawn[:, 0])  # (batch, 64, 64, 1)
         new_latent, new_features = _cell_inputs(
             encoder, frame, False,
-            ((positions + offsets)[:, None], move[:, None], decoder.objects_apart)
+            decoder.object_features((positions + offsets)[:, None], move[:, None])
             if tracker is not None else None)
         if new_features is not None:
             last_features = new_features
