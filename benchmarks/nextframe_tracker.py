@@ -6,6 +6,7 @@ On the fixed test sequences (the same as `elman evaluate nextframe`), it prints:
 
 - how often a tracked move between two frames equals the generator's (each digit, each step),
   and how many sequences are tracked without a single wrong move;
+- how far the tracked centers of the last given frame are from the digits' centers of mass;
 - 10 -> 10 per-frame MSE and MAE (summed over the 64x64 pixels) and SSIM when the tracker's
   layers of the 10th frame are moved by the generator's true moves (perfect dynamics), by the
   true moves plus Gaussian errors of 0.5 and 1 pixel per axis (how fast the figures fall with
@@ -15,7 +16,7 @@ On the fixed test sequences (the same as `elman evaluate nextframe`), it prints:
   these sequences, on those tracked without a wrong move, and on the others.
 
     ELMAN_DATA_DIR=../shared/data python benchmarks/nextframe_tracker.py [--sequences 1000]
-        [--run-dir runs/benchmark-nextframe/elman]
+        [--run-dir runs/benchmark-nextframe/elman] [--no-resplit]
 """
 
 import argparse
@@ -43,8 +44,10 @@ def main():
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--run-dir", type=Path,
                         help="also score the model.keras of this run directory")
+    parser.add_argument("--no-resplit", action="store_true",
+                        help="track without mending a wrong first split (track_resplit=false)")
     args = parser.parse_args()
-    config = app.Config()
+    config = app.Config(track_resplit=not args.no_resplit)
     model = None
     if args.run_dir is not None:
         if not (args.run_dir / "model.keras").is_file():
@@ -55,22 +58,29 @@ def main():
     digits = moving_mnist.load_digits(os.environ.get("ELMAN_DATA_DIR"))
     count, given = config.digits_per_sequence, config.input_frames
     frames = given + config.output_frames
-    tracker = app.ObjectTracker(count, config.track_iterations)
+    tracker = app.ObjectTracker(count, config.track_iterations, resplit=config.track_resplit)
     decoder = app.FrameDecoder(config.filters, layers=count, split="tracks")
     track = tf.function(tracker.__call__, input_signature=[
         tf.TensorSpec([None, frames, 64, 64, 1], tf.float32)])
     names = ["true moves", "true moves + N(0, 0.5 px)", "true moves + N(0, 1 px)",
              "tracked moves", "copy last frame"] + (["model"] if model is not None else [])
     right_moves, all_right, errors = [], [], {name: [] for name in names}
+    center_errors = []
+    positions = np.indices(digits["test"].shape[1:]).reshape(2, -1)
+    weights = digits["test"].reshape(len(digits["test"]), -1).astype("float64")
+    image_centers = (weights @ positions.T) / weights.sum(axis=1, keepdims=True)  # (images, 2)
     noise = np.random.default_rng(0)
     print(f"digits: {digits['source']}; tracking {args.sequences} test sequences", flush=True)
     for start in range(0, args.sequences, args.batch_size):
         indices = range(start, min(start + args.batch_size, args.sequences))
-        pairs = [moving_mnist.moving_sequence(digits["test"], index, app.TEST_SEED, frames,
-                                              count, return_positions=True)
+        drawn = [moving_mnist.moving_sequence(digits["test"], index, app.TEST_SEED, frames,
+                                              count, return_positions=True, return_digits=True)
                  for index in indices]
-        sequences = np.stack([pair[0] for pair in pairs])[..., None].astype("float32") / 255
-        corners = np.stack([pair[1] for pair in pairs]).astype("float32")  # (n, frames, count, 2)
+        sequences = np.stack([part[0] for part in drawn])[..., None].astype("float32") / 255
+        corners = np.stack([part[1] for part in drawn]).astype("float32")  # (n, frames, count, 2)
+        # Where each digit's center of mass is, in each frame: (n, frames, count, 2).
+        true_centers = corners + np.stack([[image_centers[digit] for digit in part[2]]
+                                           for part in drawn])[:, None].astype("float32")
         centers, layers = (part.numpy() for part in track(tf.constant(sequences)))
         true_moves = np.diff(corners, axis=1)
         tracked_moves = np.diff(centers, axis=1)
@@ -82,6 +92,8 @@ def main():
         best = agree.sum(axis=(2, 3)).argmax(axis=0)  # (n,)
         right = agree[best, np.arange(len(sequences))]
         right_moves.append(right.reshape(-1))
+        center_errors.append(np.abs(centers[:, given - 1] - true_centers[:, given - 1][
+            np.arange(len(sequences))[:, None], orders[best]]).max(axis=(1, 2)))
         all_right.append(right.all(axis=(1, 2)))
         truth = sequences[:, given:]
         reference = layers[:, given - 1]
@@ -104,9 +116,13 @@ def main():
             errors["model"].append(app.frame_errors(
                 rollout(tf.constant(sequences[:, :given])).numpy(), truth))
     right_moves, all_right = np.concatenate(right_moves), np.concatenate(all_right)
+    center_errors = np.concatenate(center_errors)
     print(f"tracked moves equal to the generator's: {right_moves.mean():.1%} of "
           f"{right_moves.size} (digit, step); sequences without a wrong move: "
           f"{all_right.mean():.1%} of {all_right.size}")
+    print(f"tracked centers in the last given frame, off the digits' centers of mass (the "
+          f"larger of the two): {center_errors.mean():.2f} px on average, by more than 1 px "
+          f"in {(center_errors > 1).mean():.1%} of the sequences")
     print("10 -> 10 per frame (MSE frames 1 / 5 / 10), the tracker's layers of the last given "
           "frame moved by:")
     for name, parts in errors.items():

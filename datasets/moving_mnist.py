@@ -108,19 +108,23 @@ def _download(folder, name):
 
 
 def moving_sequence(digits, index, seed, frames=20, digits_per_sequence=2,
-                    return_positions=False):
+                    return_positions=False, return_digits=False):
     """Sequence `index` of the split seeded by `seed`: `(frames, 64, 64)` uint8.
 
     A pure function of `(seed, index)` and the digit images: the same sequence on every machine.
     With `return_positions`, also where each digit was drawn: `(frames, digits_per_sequence,
-    2)` int, the `(row, column)` of its 28x28 image's top-left corner.
+    2)` int, the `(row, column)` of its 28x28 image's top-left corner. With `return_digits`,
+    also which images of `digits` were drawn: `(digits_per_sequence,)` int (after the
+    positions, if both).
     """
     generator = np.random.default_rng([seed, index])
     canvas = np.zeros((frames, FRAME_SIZE, FRAME_SIZE), np.uint8)
     corners = np.zeros((frames, digits_per_sequence, 2), int)
+    chosen = np.zeros(digits_per_sequence, int)
     free = FRAME_SIZE - DIGIT_SIZE
     for digit in range(digits_per_sequence):
-        image = digits[generator.integers(len(digits))]
+        chosen[digit] = generator.integers(len(digits))
+        image = digits[chosen[digit]]
         position = generator.uniform(0, free, size=2)
         angle = generator.uniform(0, 2 * np.pi)
         velocity = STEP * np.array([np.sin(angle), np.cos(angle)])
@@ -134,7 +138,8 @@ def moving_sequence(digits, index, seed, frames=20, digits_per_sequence=2,
                     position[axis], velocity[axis] = -position[axis], -velocity[axis]
                 elif position[axis] > free:
                     position[axis], velocity[axis] = 2 * free - position[axis], -velocity[axis]
-    return (canvas, corners) if return_positions else canvas
+    extras = ((corners,) if return_positions else ()) + ((chosen,) if return_digits else ())
+    return (canvas, *extras) if extras else canvas
 
 
 def moving_sequences(digits, indices, seed, frames=20, digits_per_sequence=2):
