@@ -456,8 +456,8 @@ class ObjectTracker(keras.layers.Layer):
         """`layers` `(n, 64, 64, count)` -> `(n,)` bool: whether the layers' visible pixels
         (above `VISIBLE`) never touch one another's (no two neighbors, diagonals included,
         in different layers), and every layer holds at least a tenth of the frame's
-        brightness. A split by nearest center that cuts through an object's strokes, or
-        through two overlapping objects, touches."""
+        brightness (and more than one full pixel's). A split by nearest center that cuts
+        through an object's strokes, or through two overlapping objects, touches."""
         visible = tf.cast(layers > VISIBLE, tf.float32)
         grown = tf.nn.max_pool2d(visible, 3, strides=1, padding="SAME")
         # (n, count, count): visible pixels of layer j next to a visible pixel of layer k.
