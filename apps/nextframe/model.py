@@ -171,7 +171,8 @@ class Config:
     # in the same time.
     tracks_only: bool = False
     # With tracks_only: train on where the objects are, not on frames. The tracker follows the
-    # training sequences once (the first epoch, 6 ms a sequence; the centers are cached), and
+    # training sequences once (the first epoch, 12 ms a sequence with track_resplit, 6 ms
+    # without; the centers are cached), and
     # each step rolls the cell out on the centers alone (`rollout_centers`: the first
     # input_frames true, then its own) against the tracked centers, with the Huber loss of
     # track_loss_weight's term; no frame is drawn, so a step of 256 sequences takes about 60 ms
@@ -179,8 +180,9 @@ class Config:
     # center loss, val_mse and val_mae the frames'. An interrupted run resumes from its last
     # epoch and tracks the sequences again. Measured (README, 65,536 sequences, 120 epochs of
     # batch 256, 43 min): MSE 59.6 / MAE 124.9 / SSIM 0.732, and predicted without the floor
-    # (session 19) MSE 60.0 / MAE 106.2 / SSIM 0.875, the best so far; training the same
-    # model on frames afterwards made it worse (scratch: MSE 64 -> 91).
+    # (session 19) MSE 60.0 / MAE 106.2 / SSIM 0.875; with objects_apart and the mended
+    # tracker, 35.2 / 77.1 / 0.915, the best so far. Training the same model on frames
+    # afterwards made it worse (scratch: MSE 64 -> 91).
     train_on_tracks: bool = False
     # With tracks_only: the Elman cell follows each object apart from the others
     # (`ObjectwiseCell`): one state per object, the same W, U, V for all, and each object's
