@@ -739,7 +739,7 @@ def _shapes_parting(seed, steps=8):
 
 def test_object_tracker_mends_a_wrong_first_split_as_the_objects_part():
     """Shapes on top of each other in the first frame: k-means splits the pile wrongly, each
-    layer holding parts of both. With `resplit` (the default), the pixels that no moved
+    layer holding parts of both. With `resplit` (build_model's default), the pixels no moved
     layer explains go to the object whose move explains them, and a frame whose objects
     stand apart is split afresh: after a few frames each layer is one whole shape, centered
     on it. Without it (the layer's default, for models saved before it), the two layers of
@@ -770,8 +770,8 @@ def test_object_tracker_tells_layers_apart_only_where_no_stroke_touches():
     layers = np.zeros((4, 64, 64, 2), "float32")
     layers[:, 10:20, 10:20, 0] = 1.0
     layers[:, 10:20, 22:32, 1] = 1.0  # Two pixels of background between them.
-    layers[1, 15, 20, 1] = 1.0  # A side neighbor touches, and a diagonal one.
-    layers[2, 20, 20, 1] = 0.5
+    layers[1, 15, 20, 1] = 1.0  # A side neighbor touches.
+    layers[2, 20, 20, 1] = 0.5  # So does a diagonal one.
     layers[3, ..., 1] = 0.0
     layers[3, 40, 40, 1] = 1.0  # A layer with almost nothing.
     apart = app.ObjectTracker(2).apart(tf.constant(layers)).numpy()
