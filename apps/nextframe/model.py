@@ -360,13 +360,14 @@ class ObjectTracker(keras.layers.Layer):
     never hide one another), plus the frame's pixels no moved layer explains.
 
     Objects that overlap in the first frame get a wrong split there (each layer holds parts
-    of both). With `resplit` it mends as they part: an unexplained pixel goes
-    to the one object whose move brings a visible pixel of the frame before onto it (`assign`;
-    else to the nearest center), a frame whose objects stand apart (`apart`) is split afresh
-    where that split differs, and (with two objects or more) a center is its layer's center
-    of mass, so that it moves with the object exactly once the layer holds the whole object. Without it, unexplained
-    pixels go to the nearest center, and a center starts at its first layer's center of mass
-    and moves by the layer's moves (a wrong first split stays in the centers). Measured by
+    of both). With `resplit` (and two objects or more) it mends as they part: an unexplained
+    pixel goes to the one object whose move brings a visible pixel of the frame before onto
+    it (`assign`; else to the nearest center), a frame whose objects stand apart (`apart`) is
+    split afresh where that split differs, and a center is its layer's center of mass, so
+    that it moves with the object exactly once the layer holds the whole object. Without it,
+    unexplained pixels go to the nearest center, and a center starts at its first layer's
+    center of mass and moves by the layer's moves (a wrong first split stays in the centers).
+    Measured by
     `benchmarks/nextframe_tracker.py` on 1,000 test sequences, the layers of the 10th frame
     moved by the true moves: MSE 2.7 with `resplit`, 7.6 without; the centers in the 10th
     frame were off the digits' centers of mass by more than a pixel in 3% of the sequences
@@ -388,6 +389,8 @@ class ObjectTracker(keras.layers.Layer):
             raise ValueError("count, iterations and search must be >= 1, received "
                              f"count={count}, iterations={iterations}, search={search}")
         self.count, self.iterations, self.search = int(count), int(iterations), int(search)
+        # One object has no split to mend.
+        self._mends = self.resplit and self.count > 1
 
     def cluster(self, frames, centers):
         """Lloyd's rounds from `centers` `(n, count, 2)` on `frames` `(n, 64, 64, 1)`; a center
@@ -476,7 +479,7 @@ class ObjectTracker(keras.layers.Layer):
         of `previous_frame` onto it (a piece of that object that the split of the frame before
         gave to another layer: the split mends itself as the objects move apart); a pixel that
         no move or more than one explains goes to the nearest center (`split`)."""
-        if not self.resplit or self.count == 1:
+        if not self._mends:
             return self.split(unexplained, centers)
         previous = tf.repeat(previous_frame, self.count, axis=-1)
         explains = tf.cast(translate_layers(previous, moves) > VISIBLE, tf.float32)
@@ -494,7 +497,7 @@ class ObjectTracker(keras.layers.Layer):
         by_time = tf.transpose(frames, (1, 0, 2, 3, 4))  # (time, batch, 64, 64, 1)
         first_centers = self.cluster(by_time[0], self.first_centers(by_time[0]))
         first_layers = self.split(by_time[0], first_centers)
-        if self.resplit:
+        if self._mends:
             first_centers = layer_centers(first_layers, first_centers)
 
         def follow(carry, pair):
@@ -505,7 +508,7 @@ class ObjectTracker(keras.layers.Layer):
             unexplained = tf.nn.relu(frame - tf.reduce_max(kept, axis=-1, keepdims=True))
             centers = previous_centers + moves
             layers = kept + self.assign(unexplained, previous_frame, moves, centers)
-            if not self.resplit or self.count == 1:
+            if not self._mends:
                 return centers, layers
             # Where the frame's objects stand apart, split it afresh: a wrong split of the
             # first frame (objects that overlap there) is mended once they part. Only where
