@@ -1,11 +1,11 @@
 """Next-frame benchmark on Moving MNIST: the Elman model, copying the last frame, and the same
 model with Keras's ConvLSTM2D in place of the Elman recurrence.
 
-Both models use the same per-frame encoder and decoder, pipeline, config, callbacks and seed;
-only the recurrence over the latent sequence differs: `ElmanRNN(ElmanCell)` on the latent
-vector, or a `ConvLSTM2D` on the latent vector seen as 8x8 maps (causal: it runs forward in
-time). Prints per-frame MSE and MAE (summed over the 64x64 pixels) and SSIM for 10 -> 10 on the
-fixed test set, training wall time and parameters.
+Both models use the same tracker, decoder, pipeline, config, callbacks and seed; only the cell
+stepped on each tracked object differs: `ElmanCell`, or a `ConvLSTM2D` step on the object's
+features mapped to 8x8 maps (causal: it runs forward in time). Prints per-frame MSE and MAE
+(summed over the 64x64 pixels) and SSIM for 10 -> 10 on the fixed test set, training wall time
+and parameters.
 
     ELMAN_DATA_DIR=../shared/data python benchmarks/nextframe.py [--set key=value ...]
         [--only elman]
@@ -28,8 +28,7 @@ class LatentConvLSTMCell(keras.layers.Layer):
     the latent size: `(batch, latent_dim)` -> `(batch, latent_dim)`, states `[h, c]`
     `(batch, 8, 8, 4 * latent_dim / 64)`. An RNN cell, so that `keras.layers.RNN` runs it over
     a sequence and the app's rollouts step it as they step the Elman cell. An input of another
-    size (the latent vector and the tracked objects, with `reference_split="tracks"`) is
-    first mapped to the latent size by a dense layer.
+    size (an object's tracked features) is first mapped to the latent size by a dense layer.
 
     Args:
         latent_dim: a multiple of 64.
@@ -74,9 +73,9 @@ class LatentConvLSTMCell(keras.layers.Layer):
 
 
 def conv_lstm(config):
-    """ConvLSTM2D over the latent vector as 8x8 maps: `(batch, time, latent_dim)` in and out,
+    """ConvLSTM2D over an object's features as 8x8 maps: `(batch, time, output_units)` out,
     causal (it runs forward in time)."""
-    return keras.layers.RNN(LatentConvLSTMCell(config.latent_dim), return_sequences=True,
+    return keras.layers.RNN(LatentConvLSTMCell(config.output_units), return_sequences=True,
                             name="conv_lstm")
 
 

@@ -5,6 +5,7 @@ each member's best epoch), stochastic weight averaging."""
 from elman.layers.adversarial import AdversarialModel, EmbeddingPerturbation
 from elman.layers.elman_cell import ElmanCell
 from elman.layers.elman_rnn import ElmanRNN
+from elman.layers.objectwise import ObjectwiseCell
 from elman.layers.ensemble import EnsembleAverage, MemberSelection, ensemble_binary_crossentropy
 from elman.layers.pooling import StatePooling
 from elman.layers.truncated import TruncatedBackprop
@@ -12,5 +13,5 @@ from elman.layers.weight_averaging import AveragingAdam
 from elman.layers.word_dropout import WordDropout
 
 __all__ = ["AdversarialModel", "AveragingAdam", "ElmanCell", "ElmanRNN", "EmbeddingPerturbation",
-           "EnsembleAverage", "MemberSelection", "StatePooling", "TruncatedBackprop",
+           "EnsembleAverage", "MemberSelection", "ObjectwiseCell", "StatePooling", "TruncatedBackprop",
            "WordDropout", "ensemble_binary_crossentropy"]

@@ -1,1 +1,2 @@
-"""Next-frame prediction: a per-frame CNN around an Elman recurrence, on Moving MNIST."""
+"""Next-frame prediction: the Elman cell stepped on each tracked object of a video, on Moving
+MNIST."""
