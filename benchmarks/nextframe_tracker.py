@@ -16,7 +16,7 @@ On the fixed test sequences (the same as `elman evaluate nextframe`), it prints:
   these sequences, on those tracked without a wrong move, and on the others.
 
     ELMAN_DATA_DIR=../shared/data python benchmarks/nextframe_tracker.py [--sequences 1000]
-        [--run-dir runs/benchmark-nextframe/elman] [--no-resplit]
+        [--run-dir runs/benchmark-nextframe/elman]
 """
 
 import argparse
@@ -44,10 +44,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--run-dir", type=Path,
                         help="also score the model.keras of this run directory")
-    parser.add_argument("--no-resplit", action="store_true",
-                        help="track without mending a wrong first split (track_resplit=false)")
     args = parser.parse_args()
-    config = app.Config(track_resplit=not args.no_resplit)
+    config = app.Config()
     model = None
     if args.run_dir is not None:
         if not (args.run_dir / "model.keras").is_file():
@@ -58,8 +56,8 @@ def main():
     digits = moving_mnist.load_digits(os.environ.get("ELMAN_DATA_DIR"))
     count, given = config.digits_per_sequence, config.input_frames
     frames = given + config.output_frames
-    tracker = app.ObjectTracker(count, config.track_iterations, resplit=config.track_resplit)
-    decoder = app.FrameDecoder(config.filters, layers=count, split="tracks")
+    tracker = app.ObjectTracker(count, config.track_iterations)
+    decoder = app.MoveDecoder(count)
     track = tf.function(tracker.__call__, input_signature=[
         tf.TensorSpec([None, frames, 64, 64, 1], tf.float32)])
     names = ["true moves", "true moves + N(0, 0.5 px)", "true moves + N(0, 1 px)",
@@ -96,7 +94,8 @@ def main():
             np.arange(len(sequences))[:, None], orders[best]]).max(axis=(1, 2)))
         all_right.append(right.all(axis=(1, 2)))
         truth = sequences[:, given:]
-        reference = layers[:, given - 1]
+        # The last given frame's layers, once per predicted frame.
+        reference = np.repeat(layers[:, given - 1:given], config.output_frames, axis=1)
         corners = np.take_along_axis(corners, orders[best][:, None, :, None], axis=2)
         true_offsets = corners[:, given:] - corners[:, given - 1:given]
         tracked_offsets = centers[:, given:] - centers[:, given - 1:given]
@@ -105,10 +104,7 @@ def main():
             moved[f"true moves + N(0, {error} px)"] = true_offsets + noise.normal(
                 0, error, true_offsets.shape).astype("float32")
         for name, offsets in moved.items():
-            # Without the floor of training, as the model predicts.
-            predicted = np.stack([decoder.compose_layers(reference, offsets[:, k],
-                                                         floor=False).numpy()
-                                  for k in range(config.output_frames)], axis=1)
+            predicted = decoder.draw(reference, offsets).numpy()
             errors[name].append(app.frame_errors(predicted, truth))
         copy_last = np.repeat(sequences[:, given - 1:given], config.output_frames, axis=1)
         errors["copy last frame"].append(app.frame_errors(copy_last, truth))
