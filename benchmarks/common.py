@@ -8,9 +8,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-
 from elman import training  # noqa: E402
+from elman.apps import get_preset  # noqa: E402
 from elman.config import apply_overrides  # noqa: E402
 
 
@@ -19,13 +18,15 @@ def parse_arguments(app, description):
     `(args, config)`."""
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="default", metavar="NAME",
+                        help="start from this preset of the app (default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config value of every model")
     parser.add_argument("--only", nargs="+", metavar="MODEL", help="run only these models")
     parser.add_argument("--runs-dir", type=Path, default=Path(f"runs/benchmark-{app.NAME}"),
                         help="run directories go to RUNS_DIR/<model>/ (default: %(default)s)")
     args = parser.parse_args()
-    return args, apply_overrides(app.Config(), args.overrides)
+    return args, apply_overrides(get_preset(app, args.preset), args.overrides)
 
 
 def run_models(app, config, models, args, figures):
@@ -35,16 +36,17 @@ def run_models(app, config, models, args, figures):
         models: name -> the recurrent layer given to `app.build_model` (None: the app's own).
         figures: `metrics -> dict` of the figures to report from `training.evaluate`'s metrics.
     """
-    data = app.load_data(config)
-    print(f"data: {data.source}\nconfig: {config}", flush=True)
+    print(f"config: {config}", flush=True)
     results = {}
     for name, layer in models.items():
         if args.only and name not in args.only:
             continue
-        keras.utils.set_random_seed(config.seed)
-        model = app.build_model(config, data, recurrent_layer=layer)
         run_dir = args.runs_dir / name
-        model, _ = training.train(app, config, run_dir, data=data, model=model, verbose=2)
+        # Exactly what `elman train` does (the same random draws in the same order), so that
+        # the app's figures here are those of `elman train APP` with the same config.
+        model, _ = training.train(app, config, run_dir, verbose=2, recurrent_layer=layer,
+                                  preset=getattr(args, "preset", "default"))
+        data = app.load_data(config)
         metrics = training.evaluate(app, model, data, run_dir, config)
         # train() records the wall time of fit() and the epochs run beside the run.
         record = json.loads((run_dir / "metrics.json").read_text())
@@ -54,9 +56,6 @@ def run_models(app, config, models, args, figures):
                          "best_epoch": (record["best_epoch"] or 0) + 1,
                          "parameters": model.count_params()}
         print(f"{name}: {results[name]}", flush=True)
-        if "member_epochs" in record:  # Each ensemble member's own epoch (MemberSelection).
-            print(f"{name}: members' best epochs "
-                  f"{[epoch + 1 for epoch in record['member_epochs']]}", flush=True)
     columns = list(next(iter(results.values()), {}))
     widths = [max(12, len(column) + 2) for column in columns]
     print("\n" + "model".ljust(20) + "".join(c.rjust(w) for c, w in zip(columns, widths)))

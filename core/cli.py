@@ -15,8 +15,11 @@ ships; with them, on the real dataset.
 EPILOG = """\
 examples:
   elman demo                                   train every app on its sample, export, predict
-  elman train imdb --smoke                     a tiny run, seconds
-  elman train imdb --set hidden_units=128      the full run, with an override
+  elman presets imdb                           the named configs of an app
+  elman train imdb                             the best model measured (needs the data)
+  elman train imdb --preset ensemble           a named variant
+  elman train imdb --preset smoke              a tiny run, seconds
+  elman train imdb --set hidden_units=128      the defaults, with an override
   elman evaluate imdb                          test metrics of runs/imdb
   elman tune imdb --max-trials 8               random search; best config in runs/imdb-tune
   elman train imdb --config runs/imdb-tune/best_config.json
@@ -37,14 +40,32 @@ def _app_names():
     return list(APP_MODULES)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose help can end with every app's presets, read only when the help
+    is printed (reading them imports TensorFlow)."""
+
+    lists_presets = False
+
+    def format_help(self):
+        text = super().format_help()
+        if not self.lists_presets:
+            return text
+        from elman.apps import get_app
+
+        lines = [f"  {name}: {', '.join(get_app(name).PRESETS)}" for name in _app_names()]
+        return (text + "\npresets (--preset NAME; `elman presets APP` shows what each "
+                "changes):\n" + "\n".join(lines) + "\n")
+
+
 def _add_config_arguments(parser):
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE",
                         help="override one config value; repeatable; unknown keys are an error")
     parser.add_argument("--config", type=Path, help="a config file, e.g. a tuner's "
                         "best_config.json or a run's config.json")
-    parser.add_argument("--smoke", action="store_true",
-                        help="start from the app's tiny SMOKE preset instead of the defaults")
+    parser.add_argument("--preset", default="default", metavar="NAME",
+                        help="start from this named config of the app (default: %(default)s, the "
+                        "best recipe measured; listed below); --config and --set apply on top")
     parser.add_argument("--data-dir", help="data directory (default: $ELMAN_DATA_DIR; "
                         "without either, the shipped sample)")
 
@@ -83,13 +104,15 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="elman", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
     apps = _app_names()
 
     train = commands.add_parser("train", help="train an app; rerun to resume an interrupted run",
                                 description="Train an app. Checkpoints, logs, TensorBoard and "
                                 "the resolved config go into the run directory; running the same "
                                 "command again after an interruption resumes it.")
+    train.lists_presets = True
     train.add_argument("app", choices=apps)
     _add_config_arguments(train)
     _add_run_dir(train)
@@ -113,6 +136,7 @@ def build_parser():
                                description="Random search over the app's search space. Rerun "
                                "to resume; the best config is written to "
                                "RUN_DIR/best_config.json for `elman train --config`.")
+    tune.lists_presets = True
     tune.add_argument("app", choices=apps)
     tune.add_argument("--max-trials", type=int, default=10, help="trials in all (default: 10)")
     _add_config_arguments(tune)
@@ -145,12 +169,21 @@ def build_parser():
     translate.add_argument("--version", type=int, help="version number (default: the latest)")
     _add_base_dir(translate)
 
+    presets = commands.add_parser("presets", help="list an app's named configs",
+                                  description="List the app's presets, each with the settings "
+                                  "where it differs from the defaults (the best recipe "
+                                  "measured).")
+    presets.add_argument("app", choices=apps)
+
     demo = commands.add_parser("demo", help="train, export and predict with every app",
-                               description="The main job: for every app, train (the SMOKE "
-                               "preset on the shipped sample, or the full config when "
+                               description="The main job: for every app, train (the smoke "
+                               "preset on the shipped sample, or the default config when "
                                "$ELMAN_DATA_DIR or --data-dir is set), evaluate, export a "
                                "SavedModel and show predictions on the app's examples.")
+    demo.lists_presets = True
     demo.add_argument("--apps", nargs="+", choices=apps, default=apps)
+    demo.add_argument("--preset", metavar="NAME", help="the preset of every app (default: smoke "
+                      "without a data directory, else default)")
     demo.add_argument("--data-dir", help="data directory (default: $ELMAN_DATA_DIR)")
     demo.add_argument("--runs-dir", type=Path, default=Path("runs"),
                       help="where the run directories go (default: runs)")
@@ -205,7 +238,9 @@ def build_parser():
 def _resolve_config(app, args):
     from elman.config import apply_overrides, load_config
 
-    config = app.SMOKE if args.smoke else app.Config()
+    from elman.apps import get_preset
+
+    config = get_preset(app, args.preset)
     if args.config is not None:
         config = load_config(app.Config, args.config, app.NAME, base=config)
     config = apply_overrides(config, args.overrides)
@@ -225,25 +260,26 @@ def _print_prediction(app, inputs, base_dir, version=None, signature="serving_de
 
 
 def _demo(args):
+    import dataclasses
+
     from elman import export, training
-    from elman.apps import get_app
+    from elman.apps import get_app, get_preset
     from elman.datasets import resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir)
+    preset = args.preset or ("default" if data_dir else "smoke")
     for name in args.apps:
         app = get_app(name)
-        config = app.Config() if data_dir else app.SMOKE
+        config = get_preset(app, preset)
         if data_dir:
-            from elman.config import apply_overrides
-            config = apply_overrides(config, [f"data_dir={data_dir}"])
-        print(f"\n=== {name}: " + ("full config on the real data" if data_dir else
-                                  "SMOKE preset on the shipped sample or synthetic data: this "
-                                  "shows every step end to end in seconds; set ELMAN_DATA_DIR "
-                                  "for a real model"))
+            config = dataclasses.replace(config, data_dir=str(data_dir))
+        print(f"\n=== {name}: the {preset} preset on " + (
+            "the real data" if data_dir else "the shipped sample or synthetic data: this shows "
+            "every step end to end in seconds; set ELMAN_DATA_DIR for a real model"))
         run_dir = args.runs_dir / f"{name}-demo"
         data = app.load_data(config)
         model, _ = training.train(app, config, run_dir, data=data, verbose=2,
-                                  command=args.command_line)
+                                  command=args.command_line, preset=preset)
         metrics = training.evaluate(app, model, data, run_dir, config)
         print(f"[elman] {name}: test " + training.format_metrics(metrics))
         path = export.export(app, model, args.base_dir)
@@ -292,6 +328,13 @@ def dispatch(args):
     app = get_app(args.app)
     if args.command == "predict":
         return _print_prediction(app, args.inputs, args.base_dir, args.version)
+    if args.command == "presets":
+        from elman.apps import describe_presets
+
+        print(f"[elman] {app.NAME} presets (--preset NAME), each with what it changes:")
+        for line in describe_presets(app):
+            print("  " + line)
+        return None
     run_dir = args.run_dir or Path("runs") / (app.NAME + ("-tune" if args.command == "tune" else ""))
     if args.command == "train":
         config = _resolve_config(app, args)
@@ -303,7 +346,7 @@ def dispatch(args):
             inputs, targets = next(iter(data.validation))
             callbacks.append(BPTTMonitor(inputs, targets, run_dir / "tensorboard"))
         training.train(app, config, run_dir, data=data, extra_callbacks=callbacks,
-                       command=args.command_line)
+                       command=args.command_line, preset=args.preset)
         print(f"[elman] {app.NAME}: model saved to {run_dir / 'model.keras'}")
     elif args.command == "evaluate":
         config = training.load_run_config(app, run_dir, args.data_dir)
@@ -315,7 +358,7 @@ def dispatch(args):
         from elman import tuning
 
         best = tuning.tune(app, _resolve_config(app, args), run_dir, max_trials=args.max_trials,
-                           command=args.command_line)
+                           command=args.command_line, preset=args.preset)
         print(f"[elman] {app.NAME}: best config written to {run_dir / 'best_config.json'}:")
         print(textwrap.indent(str(best), "  "))
     elif args.command == "export":

@@ -2,7 +2,8 @@
 
 A run directory holds everything a run produces:
 
-    config.json        the resolved config (`elman train --config` accepts it)
+    config.json        the resolved config and the preset it started from (`elman train
+                       --config` accepts it)
     command.txt        the command line that started the run
     backup/            BackupAndRestore's state: an interrupted run resumes from its last epoch
     best.keras         the best model so far by the monitored metric (`monitor`)
@@ -10,16 +11,14 @@ A run directory holds everything a run produces:
     training.csv       one row of metrics per epoch (appended across resumes)
     tensorboard/       TensorBoard logs: `tensorboard --logdir RUN_DIR/tensorboard`
     metrics.json       the metrics of the best epoch (the weights saved), epochs run, time
-                       (an app callback that replaced the weights after the fit, such as
-                       `MemberSelection`, writes the figures of the model it left)
-    refit.csv          with `refit` set: the epochs of the fresh model trained on training +
-                       validation data for the best epoch's count (it becomes model.keras)
     evaluation.json    the test metrics written by `elman evaluate`
+
+A run is repeatable: the same config (seed included) on the same machine gives the same
+weights, bit for bit (`make_repeatable`).
 """
 
 import json
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,13 +28,23 @@ import keras
 from elman.config import save_config
 
 
-def write_run_record(run_dir, app, config, command=None):
-    """Writes the resolved config and the command line (default: `sys.argv`) into the run
-    directory."""
+def write_run_record(run_dir, app, config, command=None, preset="default"):
+    """Writes the resolved config, the preset it started from and the command line (default:
+    `sys.argv`) into the run directory."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.json", app.NAME)
+    save_config(config, run_dir / "config.json", app.NAME, preset=preset)
     (run_dir / "command.txt").write_text(shlex.join(command or sys.argv) + "\n")
+
+
+def make_repeatable(seed):
+    """Seeds Python, NumPy, TensorFlow and Keras with `seed`. Every random draw of a run (initial
+    weights, dropout, shuffling) follows from it, in an order that depends only on the code, so
+    the same run twice on the same machine gives the same weights, bit for bit (tested across
+    processes; on the full IMDB data too, where `tf.config.experimental.enable_op_determinism`
+    changed no bit and so is not used). Another machine (another CPU, other oneDNN kernels)
+    may round differently and end elsewhere: figures are reported over several seeds."""
+    keras.utils.set_random_seed(seed)
 
 
 def monitor(app, config=None):
@@ -53,10 +62,10 @@ def monitor_mode(app, config=None):
 
 def _callbacks(app, config, run_dir, model):
     metric, mode = monitor(app, config), monitor_mode(app, config)
-    # With an optimizer that keeps an exponential moving average of the weights (`use_ema`),
-    # validation, the best checkpoint and early stopping see the averaged weights, and the
-    # model keeps them at the end. Listed after BackupAndRestore, so that the backup holds the
-    # raw weights a resumed run goes on from.
+    # With an optimizer that keeps an average of the weights (`use_ema`, as IMDB's weight
+    # averaging does), validation, the best checkpoint and early stopping see the averaged
+    # weights, and the model keeps them at the end. Listed after BackupAndRestore, so that the
+    # backup holds the raw weights a resumed run goes on from.
     averaging = ([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
                  if getattr(model.optimizer, "use_ema", False) else [])
     return [
@@ -72,13 +81,10 @@ def _callbacks(app, config, run_dir, model):
 
 
 def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbose="auto",
-          command=None):
+          command=None, preset="default", recurrent_layer=None):
     """Trains `app` with `config`, writing everything into `run_dir`.
 
     Running the same command again after an interruption resumes from the last completed epoch.
-    An app may define `pretrain(model, data, config, run_dir)` (run before the fit, its time
-    counted in the training time) and `training_callbacks(model, data, config, run_dir)` (more
-    Keras callbacks for the fit on the training split, listed after the core's).
 
     Args:
         app: the app module.
@@ -89,119 +95,45 @@ def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbo
         extra_callbacks: more Keras callbacks, e.g. the BPTT monitor.
         verbose: Keras's progress bar setting.
         command: the command line to record (default: `sys.argv`).
+        preset: the name of the preset the config started from, recorded in config.json.
+        recurrent_layer: passed to `app.build_model` (a benchmark's reference layer); the
+            model is built exactly as `elman train` builds it, in the same order of random
+            draws, so that a benchmark's figures are those of `elman train`.
 
     Returns:
-        `(model, history)`: the trained model and the Keras `History` of the fit on the
-        training split (None when a run resumed in its refit).
+        `(model, history)`: the trained model and the Keras `History` of the fit.
     """
     run_dir = Path(run_dir)
-    write_run_record(run_dir, app, config, command)
-    keras.utils.set_random_seed(config.seed)
+    write_run_record(run_dir, app, config, command, preset)
+    make_repeatable(config.seed)
     if data is None:
         data = app.load_data(config)
     print(f"[elman] {app.NAME}: data from {data.source}")
     if model is None:
-        model = app.build_model(config, data)
+        model = (app.build_model(config, data) if recurrent_layer is None
+                 else app.build_model(config, data, recurrent_layer=recurrent_layer))
     print(f"[elman] {app.NAME}: {model.count_params():,} parameters; run directory {run_dir}")
-    refit = getattr(config, "refit", False)
-    if refit and (run_dir / REFIT_BACKUP).is_dir() and (run_dir / "metrics.json").is_file():
-        # An interrupted refit: the epochs were chosen already; go on with the refit.
-        history, final = None, json.loads((run_dir / "metrics.json").read_text())
-    else:
-        # An app may prepare the model before the fit (e.g. unsupervised pretraining): its
-        # time counts in the training time.
-        started = time.perf_counter()
-        if hasattr(app, "pretrain"):
-            app.pretrain(model, data, config, run_dir)
-        pretrain_seconds = time.perf_counter() - started
-        history, final = _fit_with_validation(app, config, run_dir, data, model, verbose,
-                                              extra_callbacks, pretrain_seconds)
-    if refit:
-        started = time.perf_counter()
-        model = _refit(app, config, run_dir, data, model, final["best_epoch"] + 1, verbose,
-                       extra_callbacks)
-        final.update(refit_epochs=final["best_epoch"] + 1,
-                     refit_seconds=time.perf_counter() - started)
-        final["training_seconds"] += final["refit_seconds"]
-        _write_metrics(run_dir, final)
-    model.save(run_dir / "model.keras")
-    return model, history
-
-
-def _fit_with_validation(app, config, run_dir, data, model, verbose, extra_callbacks,
-                         pretrain_seconds=0.0):
-    """Fits on the training split with early stopping on the validation split; writes and
-    returns the best epoch's metrics: `(history, metrics)`, whose `training_seconds` include
-    `pretrain_seconds`."""
     started = time.perf_counter()
-    # An app's own callbacks come after the core's, so that their `on_train_end` sees the
-    # weights early stopping restored (and may replace them, as ensemble member selection does).
-    app_callbacks = (list(app.training_callbacks(model, data, config, run_dir))
-                     if hasattr(app, "training_callbacks") else [])
     try:
         history = model.fit(
             data.train, validation_data=data.validation, epochs=config.epochs,
             shuffle=False,  # The app's tf.data pipeline shuffles.
-            callbacks=[*_callbacks(app, config, run_dir, model), *app_callbacks,
-                       *extra_callbacks],
+            callbacks=[*_callbacks(app, config, run_dir, model), *extra_callbacks],
             verbose=verbose)
     except KeyboardInterrupt:
-        _say_how_to_resume(run_dir / "backup")
+        print(f"\n[elman] interrupted: completed epochs are kept in {run_dir / 'backup'}; "
+              "run the same command again to resume.", file=sys.stderr)
         raise
     # Early stopping restored the best epoch's weights, so its metrics describe the model.
     scores = history.history.get(monitor(app, config)) or [0.0]
     best = scores.index(min(scores) if monitor_mode(app, config) == "min" else max(scores))
     final = {key: float(values[best]) for key, values in history.history.items()}
     final.update(best_epoch=history.epoch[best] if history.epoch else None,
-                 epochs_run=len(history.epoch), pretrain_seconds=pretrain_seconds,
-                 training_seconds=time.perf_counter() - started + pretrain_seconds)
-    # A callback that changed the weights after the fit describes the model it left instead.
-    for callback in app_callbacks:
-        final.update(getattr(callback, "final_metrics", None) or {})
-    _write_metrics(run_dir, final)
-    return history, final
-
-
-REFIT_BACKUP = "refit-backup"
-
-
-def _write_metrics(run_dir, metrics):
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-
-
-def _say_how_to_resume(backup_dir):
-    print(f"\n[elman] interrupted: completed epochs are kept in {backup_dir}; "
-          "run the same command again to resume.", file=sys.stderr)
-
-
-def _refit(app, config, run_dir, data, model, epochs, verbose, extra_callbacks=()):
-    """Trains a fresh copy of `model` (same layers and compile settings, new weights) on the
-    training and validation data together for `epochs` epochs: the number of epochs early
-    stopping chose on the validation split, now with more data to learn from. Nothing is
-    validated: the validation examples are part of its training data."""
-    if getattr(data, "train_and_validation", None) is None:
-        raise ValueError(f"{app.NAME} cannot refit: its data has no train_and_validation split; "
-                         "set refit=false")
-    print(f"[elman] {app.NAME}: refitting a fresh model on training + validation data for "
-          f"{epochs} epochs (the best epoch on validation)")
-    keras.utils.set_random_seed(config.seed)
-    # The same architecture with new weights (`clone_model` cannot copy every layer argument,
-    # such as a text standardization function; serialization can).
-    fresh = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
-    fresh.compile_from_config(model.get_compile_config())
-    backup_dir = run_dir / REFIT_BACKUP
-    backup_dir.mkdir(exist_ok=True)  # Marks the refit as started, for a resumed run.
-    try:
-        fresh.fit(data.train_and_validation, epochs=epochs, shuffle=False, verbose=verbose,
-                  callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir)),
-                             keras.callbacks.CSVLogger(str(run_dir / "refit.csv"), append=True),
-                             keras.callbacks.TensorBoard(str(run_dir / "tensorboard" / "refit")),
-                             *extra_callbacks])
-    except KeyboardInterrupt:
-        _say_how_to_resume(backup_dir)
-        raise
-    shutil.rmtree(backup_dir, ignore_errors=True)
-    return fresh
+                 epochs_run=len(history.epoch),
+                 training_seconds=time.perf_counter() - started)
+    (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+    model.save(run_dir / "model.keras")
+    return model, history
 
 
 def load_run_config(app, run_dir, data_dir=None):

@@ -12,7 +12,7 @@ import keras
 import keras_tuner
 
 from elman.config import save_config
-from elman.training import monitor, monitor_mode, write_run_record
+from elman.training import make_repeatable, monitor, monitor_mode, write_run_record
 
 
 class AppHyperModel(keras_tuner.HyperModel):
@@ -31,26 +31,21 @@ class AppHyperModel(keras_tuner.HyperModel):
     def build(self, hp):
         return self.app.build_model(self.app.search_space(hp, self.config), self.data)
 
-    def fit(self, hp, model, *args, **kwargs):
-        # As in training: the app may prepare the model first (pretraining), with nothing kept.
-        if hasattr(self.app, "pretrain"):
-            self.app.pretrain(model, self.data, self.app.search_space(hp, self.config), None)
-        return model.fit(*args, **kwargs)
-
 
 def tune(app, config, run_dir, max_trials=10, executions_per_trial=1, data=None,
-         verbose="auto", command=None):
+         verbose="auto", command=None, preset="default"):
     """Runs (or resumes) a random search; returns the best config.
 
     The search state lives in `RUN_DIR/search/`: running the same command again skips the
-    trials already done and runs the rest, up to `max_trials` in all.
+    trials already done and runs the rest, up to `max_trials` in all. `preset` names the preset
+    the base config started from (recorded in config.json and best_config.json).
 
     Returns:
         The best trial's config, also written to `RUN_DIR/best_config.json` with its score.
     """
     run_dir = Path(run_dir)
-    write_run_record(run_dir, app, config, command)
-    keras.utils.set_random_seed(config.seed)
+    write_run_record(run_dir, app, config, command, preset)
+    make_repeatable(config.seed)
     if data is None:
         data = app.load_data(config)
     metric, mode = monitor(app, config), monitor_mode(app, config)
@@ -65,7 +60,7 @@ def tune(app, config, run_dir, max_trials=10, executions_per_trial=1, data=None,
                  verbose=verbose)
     best_trial = tuner.oracle.get_best_trials(1)[0]
     best_config = app.search_space(best_trial.hyperparameters, config)
-    save_config(best_config, run_dir / "best_config.json", app.NAME,
+    save_config(best_config, run_dir / "best_config.json", app.NAME, preset=preset,
                 trial=best_trial.trial_id, score=best_trial.score, monitor=metric)
     trials = [{"trial": trial.trial_id, "status": str(trial.status), "score": trial.score,
                "values": trial.hyperparameters.values}

@@ -30,8 +30,6 @@ class EmbeddingPerturbation(keras.layers.Layer):
         # Set by AdversarialModel.train_step for the length of one step, never saved.
         self.perturbation = None
         self.last_input = None
-        # The clean pass's embedded words, which the perturbed pass perturbs instead of its own.
-        self.replay = None
 
     def call(self, embedded, training=False):
         if not training:
@@ -39,8 +37,6 @@ class EmbeddingPerturbation(keras.layers.Layer):
         self.last_input = embedded
         if self.perturbation is None:
             return embedded
-        if self.replay is not None:
-            return self.replay + self.perturbation
         return embedded + self.perturbation
 
     def compute_output_shape(self, input_shape):
@@ -58,26 +54,22 @@ class AdversarialModel(keras.Model):
     `r = epsilon * ||embedded|| * g / ||g||` (norms over the example's words and channels, so
     epsilon is relative to the size of the example's embeddings), and minimizes
     `loss(embedded) + loss(embedded + r)`: twice the work of a plain step (the clean pass's
-    backward pass gives `g` and the weights' gradients together). Inference is
-    unchanged. The logged loss is the one on the clean batch.
+    backward pass gives `g` and the weights' gradients together). The perturbed pass draws
+    its own dropout masks. Inference is unchanged. The logged loss is the one on the clean
+    batch.
 
     Args:
         adversarial_epsilon: float >= 0, the size of the perturbation relative to the norm of
             the example's embeddings. Default: 0.
-        adversarial_replay: Boolean. If `True`, the perturbed pass adds `r` to the clean pass's
-            embedded words, the ones `r` was computed for (same word and embedding dropout,
-            as in Miyato et al.); if `False`, to the embedded words of a second forward pass,
-            whose dropout layers before `EmbeddingPerturbation` draw new masks. Default: `False`.
         *args, **kwargs: those of `keras.Model` (inputs, outputs, name).
     """
 
-    def __init__(self, *args, adversarial_epsilon=0.0, adversarial_replay=False, **kwargs):
+    def __init__(self, *args, adversarial_epsilon=0.0, **kwargs):
         super().__init__(*args, **kwargs)
         if adversarial_epsilon < 0:
             raise ValueError("adversarial_epsilon must be >= 0, received "
                              f"adversarial_epsilon={adversarial_epsilon}")
         self.adversarial_epsilon = float(adversarial_epsilon)
-        self.adversarial_replay = bool(adversarial_replay)
         # One per embedding: an ensemble's members each have theirs.
         self._perturbation_points = [layer for layer in self._flatten_layers()
                                      if isinstance(layer, EmbeddingPerturbation)]
@@ -86,8 +78,7 @@ class AdversarialModel(keras.Model):
                              "embedding, found none")
 
     def get_config(self):
-        return {**super().get_config(), "adversarial_epsilon": self.adversarial_epsilon,
-                "adversarial_replay": self.adversarial_replay}
+        return {**super().get_config(), "adversarial_epsilon": self.adversarial_epsilon}
 
     def train_step(self, data):
         if not self.adversarial_epsilon:
@@ -98,9 +89,7 @@ class AdversarialModel(keras.Model):
         try:
             # One backward pass of the clean batch gives both the weights' gradients and the
             # gradient with respect to the embedded words, so a step costs two plain steps.
-            # With replay the tape is kept for the perturbed loss's gradient through the
-            # clean embedded words (the embedding lookup only).
-            with tf.GradientTape(persistent=self.adversarial_replay) as tape:
+            with tf.GradientTape() as tape:
                 y_pred = self(x, training=True)
                 loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                          training=True)
@@ -115,27 +104,15 @@ class AdversarialModel(keras.Model):
                 point.perturbation = tf.stop_gradient(
                     self.adversarial_epsilon * embedded_norm * direction
                     / (gradient_norm + 1e-12))
-                if self.adversarial_replay:
-                    point.replay = tf.stop_gradient(words)
             with tf.GradientTape() as adversarial_tape:
-                if self.adversarial_replay:
-                    adversarial_tape.watch([point.replay for point in points])
                 adversarial_pred = self(x, training=True)
                 adversarial_loss = self.compute_loss(x=x, y=y, y_pred=adversarial_pred,
                                                      sample_weight=sample_weight, training=True)
                 scaled = self.optimizer.scale_loss(adversarial_loss)
-            if self.adversarial_replay:
-                gradients = adversarial_tape.gradient(
-                    scaled, [*(point.replay for point in points), *weights])
-                upstream = tape.gradient(embedded, weights,
-                                         output_gradients=gradients[:len(points)])
-                adversarial_gradients = [_add(after, before) for after, before
-                                         in zip(gradients[len(points):], upstream)]
-            else:
-                adversarial_gradients = adversarial_tape.gradient(scaled, weights)
+            adversarial_gradients = adversarial_tape.gradient(scaled, weights)
         finally:
             for point in points:
-                point.perturbation = point.last_input = point.replay = None
+                point.perturbation = point.last_input = None
         gradients = [_add(clean, adversarial)
                      for clean, adversarial in zip(clean_gradients, adversarial_gradients)]
         self.optimizer.apply_gradients(zip(gradients, weights))

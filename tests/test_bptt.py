@@ -290,7 +290,7 @@ def test_cli_experiment_and_inspect(tmp_path, capsys, monkeypatch):
     assert main(["bptt", "experiment", "adding", "--lengths", "1"]) == 2
     assert "lengths must be integers >= 2" in capsys.readouterr().err
 
-    assert main(["train", "imdb", "--smoke", "--set", "epochs=1", "--set", "hidden_units=4",
+    assert main(["train", "imdb", "--preset", "smoke", "--set", "epochs=1", "--set", "hidden_units=4",
                  "--bptt"]) == 0
     assert list((tmp_path / "runs/imdb/tensorboard/bptt").glob("events.out.tfevents*"))
     capsys.readouterr()

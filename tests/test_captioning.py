@@ -140,7 +140,7 @@ def test_a_keras_applications_encoder_is_cached_trained_and_served(tmp_path, mon
 
 def test_cli_verbs_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "captioning", "--smoke", "--set", "epochs=1"]) == 0
+    assert main(["train", "captioning", "--preset", "smoke", "--set", "epochs=1"]) == 0
     assert main(["evaluate", "captioning"]) == 0
     run_dir = tmp_path / "runs" / "captioning"
     report = json.loads((run_dir / "evaluation.json").read_text())["report"]

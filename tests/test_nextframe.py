@@ -297,7 +297,7 @@ def test_command_line_inputs_are_checked(tmp_path):
 
 def test_cli_verbs_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "nextframe", "--smoke", "--set", "epochs=1"]) == 0
+    assert main(["train", "nextframe", "--preset", "smoke", "--set", "epochs=1"]) == 0
     assert main(["evaluate", "nextframe"]) == 0
     run_dir = tmp_path / "runs" / "nextframe"
     report = json.loads((run_dir / "evaluation.json").read_text())["report"]

@@ -259,7 +259,7 @@ def test_a_gru_reference_trains_and_translates_in_the_same_pipeline(data):
 
 def test_cli_verbs_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "translation", "--smoke", "--set", "epochs=1"]) == 0
+    assert main(["train", "translation", "--preset", "smoke", "--set", "epochs=1"]) == 0
     assert main(["evaluate", "translation"]) == 0
     printed = capsys.readouterr().out
     assert "BLEU" in printed and "reference:" in printed

@@ -1,1 +1,1 @@
-"""Image captioning: a pretrained CNN encoder and an Elman decoder (in progress, issue 5)."""
+"""Image captioning: a pretrained CNN encoder and an Elman decoder, on Flickr8k."""

@@ -98,6 +98,8 @@ class Config:
 
 SMOKE = Config(synthetic_images=600, vocabulary_size=100, embedding_dim=32, hidden_units=64,
                batch_size=32, learning_rate=3e-3, epochs=6, dropout=0.0)
+# Named presets (`elman train captioning --preset NAME`): "default" is the best measured.
+PRESETS = {"default": Config(), "smoke": SMOKE}
 
 
 def search_space(hp, config):

@@ -2,8 +2,7 @@
 
 An Elman encoder reads the source sentence in both directions; an Elman decoder writes the
 translation word by word, starting from a state made of the encoder's final states, and looks
-back at every encoder state through attention (Bahdanau et al., 2015, additive scoring, by
-default; or scaled dot products):
+back at every encoder state through attention (Bahdanau et al., 2015, additive scoring):
 
     source (string)
       -> standardize_sentence, TextVectorization: word ids               # (batch, source_time)
@@ -21,7 +20,7 @@ until "[end]" or `max_target_length` words, greedily or with beam search, in gra
 by tensors, so the exported SavedModel translates raw strings by itself:
 `serving_default` (greedy) and `beam_search` (any beam width).
 
-The app contract the shared core relies on: `NAME`, `Config`, `SMOKE`, `MONITOR`, `EXAMPLES`,
+The app contract the shared core relies on: `NAME`, `Config`, `PRESETS`, `SMOKE`, `MONITOR`, `EXAMPLES`,
 `load_data`, `build_model`, `search_space`, `export_signatures`, `prediction_request`,
 `describe_prediction` and `evaluation_report`.
 """
@@ -75,10 +74,6 @@ class Config:
     hidden_units: int = 256
     # f, the state activation of the cells.
     activation: str = "tanh"
-    # How a decoder state scores the encoder states: "additive" (Bahdanau: v . tanh(W_q s_t +
-    # W_k h_j), bounded scores that keep learning) or "dot" (Luong's "general" score s_t W_q h_j,
-    # scaled by 1 / sqrt(2 * hidden_units)).
-    attention: str = "additive"
     # Dropout of the embeddings and of the attentional state before the output layer.
     dropout: float = 0.2
     learning_rate: float = 1e-3
@@ -97,10 +92,12 @@ class Config:
     seed: int = 0
 
 
-# A tiny preset for tests and the default run: seconds, not minutes.
+# A tiny preset for tests and the demo: seconds, not minutes.
 SMOKE = Config(source_vocabulary_size=2000, target_vocabulary_size=2000, max_source_length=20,
                max_target_length=20, embedding_dim=32, hidden_units=32, batch_size=32,
                learning_rate=3e-3, epochs=10, validation_fraction=0.1, test_fraction=0.1)
+# Named presets (`elman train translation --preset NAME`): "default" is the best measured.
+PRESETS = {"default": Config(), "smoke": SMOKE}
 
 
 def search_space(hp, config):
@@ -112,7 +109,6 @@ def search_space(hp, config):
         learning_rate=hp.Float("learning_rate", 3e-4, 3e-3, sampling="log"),
         clipnorm=hp.Choice("clipnorm", [0.5, 1.0, 5.0]),
         dropout=hp.Float("dropout", 0.0, 0.5, step=0.1),
-        attention=hp.Choice("attention", ["additive", "dot"]),
     )
 
 
@@ -299,23 +295,14 @@ def predict_words(layers, decoder_states, source):
 
 
 def _attention_layers(config):
-    """The attention's layers for `config.attention`: query and key projections and scoring."""
+    """The attention's layers: query and key projections and additive scoring (Bahdanau:
+    v . tanh(W_q s_t + W_k h_j), bounded scores that keep learning)."""
     width = 2 * config.hidden_units
-    if config.attention == "additive":
-        return {
-            "attention_query": keras.layers.Dense(width, use_bias=False, name="attention_query"),
-            "attention_key": keras.layers.Dense(width, name="attention_key"),
-            "attention": keras.layers.AdditiveAttention(name="attention"),
-        }
-    if config.attention == "dot":
-        return {
-            # Unscaled products of 512-dim vectors grow into the hundreds in training; their
-            # softmax then becomes one-hot and its gradient vanishes.
-            "attention_query": keras.layers.Dense(width, use_bias=False, name="attention_query"),
-            "attention_key": keras.layers.Rescaling(1 / width ** 0.5, name="attention_key"),
-            "attention": keras.layers.Attention(name="attention"),
-        }
-    raise ValueError(f"attention must be 'additive' or 'dot', received {config.attention!r}")
+    return {
+        "attention_query": keras.layers.Dense(width, use_bias=False, name="attention_query"),
+        "attention_key": keras.layers.Dense(width, name="attention_key"),
+        "attention": keras.layers.AdditiveAttention(name="attention"),
+    }
 
 
 def build_model(config, data, recurrent_layer=None):
