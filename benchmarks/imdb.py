@@ -5,7 +5,8 @@ same config, callbacks (early stopping on validation accuracy, best weights rest
 then prints test accuracy on the official 25k test reviews, training wall time and parameter
 count side by side.
 
-    ELMAN_DATA_DIR=../shared/data python benchmarks/imdb.py [--set key=value ...] [--only elman]
+    ELMAN_DATA_DIR=../shared/data python benchmarks/imdb.py [--preset ensemble] [--set key=value ...]
+        [--only elman]
 
 Run directories (logs, checkpoints) go to runs/benchmark-imdb/<model>/.
 """
@@ -20,7 +21,7 @@ app = get_app("imdb")
 
 def main():
     args, config = parse_arguments(app, __doc__)
-    # build_model wraps each layer in Bidirectional when the config says so, as for Elman.
+    # build_model wraps each layer in Bidirectional, as it does the Elman layer.
     models = {
         "elman": None,
         "keras_simple_rnn": keras.layers.SimpleRNN(config.hidden_units, return_sequences=True),

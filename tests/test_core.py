@@ -124,26 +124,6 @@ def test_search_of_two_trials_runs_and_resumes(tmp_path, monkeypatch):
     assert trained.learning_rate == best.learning_rate and trained.hidden_units == 4
 
 
-def test_each_trial_runs_the_apps_pretraining_on_its_own_model(tmp_path, monkeypatch):
-    app = get_app("imdb")
-    config = dataclasses.replace(app.SMOKE, epochs=1, pretrain_epochs=1)
-    data = app.load_data(config)
-    calls = []
-    original = app.pretrain
-
-    def recording_pretrain(model, data, trial_config, run_dir):
-        calls.append((trial_config.hidden_units, run_dir))
-        losses = original(model, data, trial_config, run_dir)
-        assert losses is not None and len(losses) == 1  # It trained, and kept nothing.
-        return losses
-
-    monkeypatch.setattr(app, "pretrain", recording_pretrain)
-    tuning.tune(app, config, tmp_path, max_trials=2, data=data, verbose=0)
-    trials = json.loads((tmp_path / "trials.json").read_text())
-    assert [units for units, _ in calls] == [trial["values"]["hidden_units"] for trial in trials]
-    assert all(run_dir is None for _, run_dir in calls)
-
-
 @pytest.mark.parametrize("name", ["imdb", "translation", "nextframe"])
 def test_every_search_space_gives_a_config_that_trains(name):
     """A trial's config (the search space's first values) builds a model that takes a step."""
@@ -154,7 +134,8 @@ def test_every_search_space_gives_a_config_that_trains(name):
     config = app.search_space(keras_tuner.HyperParameters(), app.SMOKE)
     assert isinstance(config, app.Config) and config != app.SMOKE
     model = tuning.AppHyperModel(app, app.SMOKE, data).build(keras_tuner.HyperParameters())
-    loss = model.train_on_batch(*next(iter(data.train)))
+    batch = next(iter(data.train))  # (inputs, targets), or the next-frame app's centers
+    loss = model.train_on_batch(*(batch if isinstance(batch, tuple) else (batch,)))
     assert np.isfinite(loss if np.isscalar(loss) else loss[0])
 
 
@@ -174,3 +155,35 @@ def test_registered_names_are_unique_across_apps():
                 registered = keras.saving.get_registered_object(f"elman>{name}")
                 if registered is not None:
                     assert registered is value, f"elman>{name} is registered twice"
+
+
+def test_presets_are_named_configs_listed_by_the_cli(tmp_path, capsys, monkeypatch):
+    from elman.apps import APP_MODULES, describe_presets
+
+    for name in APP_MODULES:
+        app = get_app(name)
+        # The defaults are the best recipe measured; smoke is the tiny one of the tests.
+        assert app.PRESETS["default"] == app.Config() and app.PRESETS["smoke"] is app.SMOKE
+        assert all(isinstance(config, app.Config) for config in app.PRESETS.values())
+    imdb = get_app("imdb")
+    lines = describe_presets(imdb)
+    assert lines[0] == "default: the defaults"
+    assert any(line.startswith("ensemble: ") and "ensemble_members=3" in line for line in lines)
+    assert main(["presets", "imdb"]) == 0
+    printed = capsys.readouterr().out
+    assert "ensemble: " in printed and "weight_averaging_start_epoch=1" in printed
+    # `elman train --help` lists every app's presets.
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    printed = capsys.readouterr().out
+    assert "imdb: default, ensemble, smoke" in printed and "nextframe: default, smoke" in printed
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "imdb", "--preset", "huge"]) == 2
+    assert "unknown preset 'huge' for imdb; choose one of: default, ensemble, smoke" in \
+        capsys.readouterr().err
+    # A run records the preset it started from; the overrides apply on top of it.
+    assert main(["train", "imdb", "--preset", "smoke", "--set", "epochs=1",
+                 "--set", "hidden_units=4"]) == 0
+    saved = json.loads((tmp_path / "runs" / "imdb" / "config.json").read_text())
+    assert saved["preset"] == "smoke" and saved["config"]["hidden_units"] == 4
+    assert saved["config"]["vocabulary_size"] == imdb.SMOKE.vocabulary_size
