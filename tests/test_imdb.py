@@ -21,6 +21,7 @@ from elman import training
 from elman.apps import get_app
 from elman.cli import main
 from elman.datasets import imdb as imdb_data
+from elman.layers import AveragingAdam
 
 app = get_app("imdb")
 
@@ -84,6 +85,21 @@ def test_export_serves_without_elman(model, data, tmp_path):
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"tensor review \[\] is not compatible with expected shape \[\?\]"):
         signature(review=tf.constant("a scalar review"))
+
+
+def test_the_ensemble_preset_goes_through_the_shared_checks(data, tmp_path):
+    """The kept variant, at the smoke preset's sizes: three members with weight averaging."""
+    sizes = {key: getattr(app.SMOKE, key) for key in ("vocabulary_size", "sequence_length",
+                                                      "embedding_dim", "hidden_units",
+                                                      "batch_size")}
+    config = dataclasses.replace(app.PRESETS["ensemble"], **sizes)
+    keras.utils.set_random_seed(0)
+    model = app.build_model(config, data)
+    assert isinstance(model.optimizer, AveragingAdam) and model.get_layer("ensemble")
+    app_checks.check_training_step_changes_every_weight(model, next(iter(data.train)))
+    reviews = _reviews(data)
+    app_checks.check_keras_round_trip(model, reviews, tmp_path)
+    app_checks.check_export_without_elman(app, model, {"review": reviews}, tmp_path)
 
 
 @pytest.mark.parametrize("name", sorted(AWKWARD_REVIEWS))
