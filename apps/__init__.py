@@ -4,8 +4,9 @@ An app is a module with a small explicit contract (see `elman.apps.imdb.model`):
 dataclass `Config` whose defaults are the best recipe measured, `PRESETS` (name -> Config:
 "default", "smoke" for tests and the demo, and any variant worth keeping), `SMOKE`, `MONITOR`,
 `load_data(config)`, `build_model(config, data)`, `search_space(hp, config)`,
-`export_signatures(model)`, `prediction_request(inputs)` and
-`describe_prediction(inputs, outputs)`.
+`export_signatures(model)`, `prediction_request(inputs)`,
+`describe_prediction(inputs, outputs)` and `headline(metrics)` (the result of a test evaluation
+and a trivial baseline, for `elman demo`'s summary).
 """
 
 import importlib

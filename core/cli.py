@@ -176,13 +176,13 @@ def build_parser():
     presets.add_argument("app", choices=apps)
 
     demo = commands.add_parser("demo", help="train, export and predict with every app",
-                               description="The main job: for every app, train (the smoke "
+                               description="The main job: for every app, train (the demo "
                                "preset on the shipped sample, or the default config when "
                                "$ELMAN_DATA_DIR or --data-dir is set), evaluate, export a "
                                "SavedModel and show predictions on the app's examples.")
     demo.lists_presets = True
     demo.add_argument("--apps", nargs="+", choices=apps, default=apps)
-    demo.add_argument("--preset", metavar="NAME", help="the preset of every app (default: smoke "
+    demo.add_argument("--preset", metavar="NAME", help="the preset of every app (default: demo "
                       "without a data directory, else default)")
     demo.add_argument("--data-dir", help="data directory (default: $ELMAN_DATA_DIR)")
     demo.add_argument("--runs-dir", type=Path, default=Path("runs"),
@@ -261,30 +261,48 @@ def _print_prediction(app, inputs, base_dir, version=None, signature="serving_de
 
 def _demo(args):
     import dataclasses
+    import shlex
+    import time
 
     from elman import export, training
     from elman.apps import get_app, get_preset
     from elman.datasets import resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir)
-    preset = args.preset or ("default" if data_dir else "smoke")
-    for name in args.apps:
+    preset = args.preset or ("default" if data_dir else "demo")
+    started, rows = time.perf_counter(), []
+    for number, name in enumerate(args.apps, 1):
         app = get_app(name)
         config = get_preset(app, preset)
         if data_dir:
             config = dataclasses.replace(config, data_dir=str(data_dir))
-        print(f"\n=== {name}: the {preset} preset on " + (
-            "the real data" if data_dir else "the shipped sample or synthetic data: this shows "
-            "every step end to end in seconds; set ELMAN_DATA_DIR for a real model"))
+        print(f"\n=== {number}/{len(args.apps)} {name}: the {preset} preset on " + (
+            "the real data" if data_dir else "the shipped sample or synthetic data; set "
+            "ELMAN_DATA_DIR for the full models") + f" ({time.perf_counter() - started:.0f} s "
+            "so far)")
+        app_started = time.perf_counter()
         run_dir = args.runs_dir / f"{name}-demo"
         data = app.load_data(config)
+        print(f"[elman] {name}: step 1/3, training")
         model, _ = training.train(app, config, run_dir, data=data, verbose=2,
                                   command=args.command_line, preset=preset)
+        print(f"[elman] {name}: step 2/3, evaluating on the test split")
         metrics = training.evaluate(app, model, data, run_dir, config)
         print(f"[elman] {name}: test " + training.format_metrics(metrics))
+        print(f"[elman] {name}: step 3/3, exporting and predicting")
         path = export.export(app, model, args.base_dir)
         print(f"[elman] {name}: exported {path}")
         _print_prediction(app, app.EXAMPLES, args.base_dir)
+        result, baseline = app.headline(metrics)
+        pictures = sorted(str(picture) for picture in Path(run_dir).iterdir()
+                          if picture.suffix in (".png", ".gif", ".html"))
+        rows.append((name, result, baseline, str(path), ", ".join(pictures) or "-",
+                     f"elman predict {name} {shlex.quote(app.EXAMPLES[0])}",
+                     time.perf_counter() - app_started))
+    print(f"\n=== summary: {len(rows)} apps in {time.perf_counter() - started:.0f} s")
+    for name, result, baseline, path, pictures, command, seconds in rows:
+        print(f"{name} ({seconds:.0f} s)\n  result:      {result}\n  baseline:    {baseline}\n"
+              f"  SavedModel:  {path}\n  pictures:    {pictures}\n  try:         {command}")
 
 
 def _bptt(args):

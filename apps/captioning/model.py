@@ -99,7 +99,7 @@ class Config:
 SMOKE = Config(synthetic_images=600, vocabulary_size=100, embedding_dim=32, hidden_units=64,
                batch_size=32, learning_rate=3e-3, epochs=6, dropout=0.0)
 # Named presets (`elman train captioning --preset NAME`): "default" is the best measured.
-PRESETS = {"default": Config(), "smoke": SMOKE}
+PRESETS = {"default": Config(), "demo": SMOKE, "smoke": SMOKE}
 
 
 def search_space(hp, config):
@@ -586,8 +586,19 @@ def bleu_scores(hypotheses, references):
             .corpus_score(hypotheses, streams).score for n in range(1, 5)}
 
 
+def headline(metrics):
+    """`elman demo`'s summary of an evaluation: `(result, baseline)`."""
+    report = metrics["report"]
+    beam = next(name for name, scores in report.items()
+                if name.startswith("beam") and isinstance(scores, dict))
+    return (f"BLEU-1 {report[beam]['bleu1']:.1f}, BLEU-4 {report[beam]['bleu4']:.1f} ({beam})",
+            f"another image's caption: BLEU-1 {report['other_images']['bleu1']:.1f}, "
+            f"BLEU-4 {report['other_images']['bleu4']:.1f}")
+
+
 def evaluation_report(model, data, run_dir=None, config=None, log=print, sheet_size=24):
-    """BLEU-1..4 of greedy and beam-search captions on the test images; with `run_dir`, writes
+    """BLEU-1..4 of greedy and beam-search captions on the test images, and of a baseline that
+    gives each image another image's caption; with `run_dir`, writes
     `captions.json` and `contact_sheet.html` (test images with generated and reference
     captions)."""
     config = config or Config()
@@ -601,6 +612,12 @@ def evaluation_report(model, data, run_dir=None, config=None, log=print, sheet_s
         report[name] = bleu_scores(captions[name], data.test_references)
         log(f"[elman] captioning: {name}: " + ", ".join(
             f"BLEU-{n} {report[name][f'bleu{n}']:.1f}" for n in range(1, 5)))
+    # A baseline that knows the language but not the picture: each image gets the first
+    # reference caption of the next test image.
+    references = data.test_references
+    report["other_images"] = bleu_scores(
+        [references[(index + 1) % len(references)][0] for index in range(len(references))],
+        references)
     if run_dir is not None:
         Path(run_dir, "captions.json").write_text(json.dumps(
             {"report": report, "captions": captions}, indent=1) + "\n")

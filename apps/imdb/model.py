@@ -101,11 +101,15 @@ class Config:
 # Three classifiers with weight averaging, chosen by validation loss: the best accuracy
 # measured (README), at three times the cost of serving a review.
 ENSEMBLE = Config(ensemble_members=3, weight_averaging_start_epoch=1, monitor="val_loss")
-# A tiny preset for tests: seconds, not minutes.
+# What `elman demo` trains on the shipped sample (4,500 training reviews of at most 200 words):
+# about 30 seconds on 2 cores, 87% on the sample's 1,000 test reviews.
+DEMO = Config(vocabulary_size=10000, sequence_length=200, embedding_dim=32, hidden_units=32,
+              batch_size=32, epochs=6, adversarial_epsilon=0.0)
+# A tiny preset for tests: seconds, not minutes (large batches: few steps over the sample).
 SMOKE = Config(vocabulary_size=2000, sequence_length=64, embedding_dim=16, hidden_units=8,
-               batch_size=32, epochs=2)
+               batch_size=256, epochs=2)
 # Named presets (`elman train imdb --preset NAME`): "default" is the best single model measured.
-PRESETS = {"default": Config(), "ensemble": ENSEMBLE, "smoke": SMOKE}
+PRESETS = {"default": Config(), "ensemble": ENSEMBLE, "demo": DEMO, "smoke": SMOKE}
 
 
 def search_space(hp, config):
@@ -378,6 +382,12 @@ def export_signatures(model):
         return {"probability": probability, "label": label}
 
     return {"serving_default": serving_default}
+
+
+def headline(metrics):
+    """`elman demo`'s summary of an evaluation: `(result, baseline)`."""
+    return (f"test accuracy {metrics['accuracy']:.1%}",
+            "one label for every review: 50.0% (the test reviews are half positive)")
 
 
 def prediction_request(inputs):

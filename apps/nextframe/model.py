@@ -90,7 +90,7 @@ class Config:
 SMOKE = Config(train_sequences=512, validation_sequences=32, test_sequences=64, hidden_units=32,
                output_units=32, batch_size=32, learning_rate=1e-2, epochs=5, patience=5)
 # Named presets (`elman train nextframe --preset NAME`): "default" is the best recipe measured.
-PRESETS = {"default": Config(), "smoke": SMOKE}
+PRESETS = {"default": Config(), "demo": SMOKE, "smoke": SMOKE}
 
 
 def search_space(hp, config):
@@ -562,6 +562,13 @@ def frame_errors(predicted, truth):
     return {"mse": np.sum(error ** 2, axis=(2, 3, 4)),
             "mae": np.sum(np.abs(error), axis=(2, 3, 4)),
             "ssim": tf.image.ssim(tf.constant(predicted), tf.constant(truth), max_val=1.0).numpy()}
+
+
+def headline(metrics):
+    """`elman demo`'s summary of an evaluation: `(result, baseline)`."""
+    model, copy = metrics["report"]["model"], metrics["report"]["copy_last_frame"]
+    return (f"MSE {model['mse']:.1f}, SSIM {model['ssim']:.3f} per predicted frame",
+            f"copying the last frame: MSE {copy['mse']:.1f}, SSIM {copy['ssim']:.3f}")
 
 
 def evaluation_report(model, data, run_dir=None, config=None, log=print, batch_size=100):

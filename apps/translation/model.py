@@ -97,7 +97,7 @@ SMOKE = Config(source_vocabulary_size=2000, target_vocabulary_size=2000, max_sou
                max_target_length=20, embedding_dim=32, hidden_units=32, batch_size=32,
                learning_rate=3e-3, epochs=10, validation_fraction=0.1, test_fraction=0.1)
 # Named presets (`elman train translation --preset NAME`): "default" is the best measured.
-PRESETS = {"default": Config(), "smoke": SMOKE}
+PRESETS = {"default": Config(), "demo": SMOKE, "smoke": SMOKE}
 
 
 def search_space(hp, config):
@@ -462,6 +462,16 @@ def describe_prediction(inputs, outputs):
 
 # Evaluation: corpus BLEU and chrF with sacrebleu.
 
+def headline(metrics):
+    """`elman demo`'s summary of an evaluation: `(result, baseline)`."""
+    report = metrics["report"]
+    beam = next(name for name, scores in report.items()
+                if name.startswith("beam") and isinstance(scores, dict))
+    return (f"BLEU {report[beam]['bleu']:.1f}, chrF {report[beam]['chrf']:.1f} ({beam})",
+            f"copying the source sentence: BLEU {report['copy_source']['bleu']:.1f}, "
+            f"chrF {report['copy_source']['chrf']:.1f}")
+
+
 def score_translations(hypotheses, references):
     """Corpus BLEU and chrF (sacrebleu, case-insensitive: the model writes lower case).
 
@@ -509,6 +519,9 @@ def evaluation_report(model, data, run_dir=None, config=None, examples=8, log=pr
         report[name] = scores
         log(f"[elman] translation: {name}: BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}, "
             f"BLEU with all references {scores['bleu_all_references']:.2f}")
+    # A baseline that knows no Spanish: the source sentence, copied.
+    report["copy_source"] = score_translations([source for source, _ in data.test_pairs],
+                                               [[target] for _, target in data.test_pairs])
     beam_name = f"beam{config.beam_width}"
     log("[elman] translation: examples (source | reference | greedy | beam)")
     for source in sources[:: max(1, len(sources) // examples)][:examples]:
