@@ -60,9 +60,9 @@ class Config:
     output_frames: int = 10
     # Digits drawn in each sequence; the tracker follows as many objects.
     digits_per_sequence: int = 2
-    # Sequences per split: training sequences are drawn afresh from the training digits and
-    # tracked once (the first epoch: about 13 minutes for 65,536 on 2 cores), the test set is
-    # fixed (sequence i is a pure function of the seed and i).
+    # Sequences per split: training sequences are drawn from the training digits and tracked
+    # once (the first epoch: 13-15 minutes for 65,536 on 2 cores), the test set is fixed
+    # (sequence i is a pure function of the seed and i).
     train_sequences: int = 65536
     validation_sequences: int = 256
     test_sequences: int = 10000
@@ -80,13 +80,15 @@ class Config:
     clipnorm: float = 1.0
     batch_size: int = 256
     # Each epoch is 256 steps of about 60 ms after the first; the best epoch is among the
-    # last (the 97th of 100 when measured), as the learning rate reaches 0.
+    # last (the 90th of 100 on 2026-12-07), as the learning rate reaches 0. patience=epochs:
+    # the cosine schedule, not early stopping, ends the run.
     epochs: int = 100
     patience: int = 100
     seed: int = 0
 
 
-# A tiny preset for tests and the demo: seconds, not minutes, on synthetic shapes.
+# A tiny preset for tests and the demo: seconds, not minutes, on synthetic shapes (beats
+# copying the last frame: MSE 250 against 461, SSIM 0.62 against 0.49).
 SMOKE = Config(train_sequences=512, validation_sequences=32, test_sequences=64, hidden_units=32,
                output_units=32, batch_size=32, learning_rate=1e-2, epochs=5, patience=5)
 # Named presets (`elman train nextframe --preset NAME`): "default" is the best recipe measured.
