@@ -176,10 +176,11 @@ def test_presets_are_named_configs_listed_by_the_cli(tmp_path, capsys, monkeypat
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     printed = capsys.readouterr().out
-    assert "imdb: default, ensemble, smoke" in printed and "nextframe: default, smoke" in printed
+    assert "imdb: default, ensemble, demo, smoke" in printed
+    assert "nextframe: default, demo, smoke" in printed
     monkeypatch.chdir(tmp_path)
     assert main(["train", "imdb", "--preset", "huge"]) == 2
-    assert "unknown preset 'huge' for imdb; choose one of: default, ensemble, smoke" in \
+    assert "unknown preset 'huge' for imdb; choose one of: default, ensemble, demo, smoke" in \
         capsys.readouterr().err
     # A run records the preset it started from; the overrides apply on top of it.
     assert main(["train", "imdb", "--preset", "smoke", "--set", "epochs=1",
