@@ -194,6 +194,24 @@ class TextDecoder:
                            self.max_length, beam_width, self.length_penalty)
 
 
+def headline(report, scores, baseline, baseline_name):
+    """`elman demo`'s summary of a text-writing app's evaluation report: `(result, baseline)`.
+
+    Args:
+        report: the app's evaluation report, with a `beam<width>` entry of scores.
+        scores: `(key, label)` pairs of the scores to show, e.g. `(("bleu", "BLEU"),)`.
+        baseline: the report's key of the trivial baseline's scores.
+        baseline_name: what the baseline is, in words.
+    """
+    beam = next(name for name, entry in report.items()
+                if name.startswith("beam") and isinstance(entry, dict))
+
+    def listed(entry):
+        return ", ".join(f"{label} {entry[key]:.1f}" for key, label in scores)
+
+    return f"{listed(report[beam])} ({beam})", f"{baseline_name}: {listed(report[baseline])}"
+
+
 def reference_streams(references):
     """sacrebleu's reference streams from a list of reference lists of varying lengths (a
     missing reference is `None`)."""

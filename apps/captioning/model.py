@@ -588,12 +588,8 @@ def bleu_scores(hypotheses, references):
 
 def headline(metrics):
     """`elman demo`'s summary of an evaluation: `(result, baseline)`."""
-    report = metrics["report"]
-    beam = next(name for name, scores in report.items()
-                if name.startswith("beam") and isinstance(scores, dict))
-    return (f"BLEU-1 {report[beam]['bleu1']:.1f}, BLEU-4 {report[beam]['bleu4']:.1f} ({beam})",
-            f"another image's caption: BLEU-1 {report['other_images']['bleu1']:.1f}, "
-            f"BLEU-4 {report['other_images']['bleu4']:.1f}")
+    return decoding.headline(metrics["report"], (("bleu1", "BLEU-1"), ("bleu4", "BLEU-4")),
+                             "other_images", "another image's caption")
 
 
 def evaluation_report(model, data, run_dir=None, config=None, log=print, sheet_size=24):

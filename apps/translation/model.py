@@ -464,12 +464,8 @@ def describe_prediction(inputs, outputs):
 
 def headline(metrics):
     """`elman demo`'s summary of an evaluation: `(result, baseline)`."""
-    report = metrics["report"]
-    beam = next(name for name, scores in report.items()
-                if name.startswith("beam") and isinstance(scores, dict))
-    return (f"BLEU {report[beam]['bleu']:.1f}, chrF {report[beam]['chrf']:.1f} ({beam})",
-            f"copying the source sentence: BLEU {report['copy_source']['bleu']:.1f}, "
-            f"chrF {report['copy_source']['chrf']:.1f}")
+    return decoding.headline(metrics["report"], (("bleu", "BLEU"), ("chrf", "chrF")),
+                             "copy_source", "copying the source sentence")
 
 
 def score_translations(hypotheses, references):
