@@ -294,15 +294,16 @@ def _demo(args):
         print(f"[elman] {name}: exported {path}")
         _print_prediction(app, app.EXAMPLES, args.base_dir)
         result, baseline = app.headline(metrics)
+        # What to look at: plots, contact sheets, translations side by side.
         pictures = sorted(str(picture) for picture in Path(run_dir).iterdir()
-                          if picture.suffix in (".png", ".gif", ".html"))
+                          if picture.suffix in (".png", ".gif", ".html", ".tsv"))
         rows.append((name, result, baseline, str(path), ", ".join(pictures) or "-",
                      f"elman predict {name} {shlex.quote(app.EXAMPLES[0])}",
                      time.perf_counter() - app_started))
     print(f"\n=== summary: {len(rows)} apps in {time.perf_counter() - started:.0f} s")
     for name, result, baseline, path, pictures, command, seconds in rows:
         print(f"{name} ({seconds:.0f} s)\n  result:      {result}\n  baseline:    {baseline}\n"
-              f"  SavedModel:  {path}\n  pictures:    {pictures}\n  try:         {command}")
+              f"  SavedModel:  {path}\n  look at:     {pictures}\n  try:         {command}")
 
 
 def _bptt(args):
