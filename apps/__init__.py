@@ -9,6 +9,7 @@ dataclass `Config` whose defaults are the best recipe measured, `PRESETS` (name 
 and a trivial baseline, for `elman demo`'s summary).
 """
 
+import dataclasses
 import importlib
 
 # An explicit table rather than registration magic: adding an app is one line here.
@@ -38,8 +39,6 @@ def get_preset(app, name):
 def describe_presets(app):
     """One line per preset of the app: its name and the settings where it differs from the
     defaults."""
-    import dataclasses
-
     default = app.Config()
     lines = []
     for name, config in app.PRESETS.items():

@@ -37,7 +37,7 @@ def run_models(app, config, models, args, figures):
         figures: `metrics -> dict` of the figures to report from `training.evaluate`'s metrics.
     """
     print(f"config: {config}", flush=True)
-    results = {}
+    results, data = {}, None
     for name, layer in models.items():
         if args.only and name not in args.only:
             continue
@@ -46,7 +46,9 @@ def run_models(app, config, models, args, figures):
         # the app's figures here are those of `elman train APP` with the same config.
         model, _ = training.train(app, config, run_dir, verbose=2, recurrent_layer=layer,
                                   preset=getattr(args, "preset", "default"))
-        data = app.load_data(config)
+        # The test split, read once for every model (train() reads the data itself, so that
+        # its random draws come in the order of `elman train`).
+        data = data or app.load_data(config)
         metrics = training.evaluate(app, model, data, run_dir, config)
         # train() records the wall time of fit() and the epochs run beside the run.
         record = json.loads((run_dir / "metrics.json").read_text())

@@ -236,9 +236,8 @@ def build_parser():
 
 
 def _resolve_config(app, args):
-    from elman.config import apply_overrides, load_config
-
     from elman.apps import get_preset
+    from elman.config import apply_overrides, load_config
 
     config = get_preset(app, args.preset)
     if args.config is not None:

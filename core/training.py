@@ -110,8 +110,7 @@ def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbo
         data = app.load_data(config)
     print(f"[elman] {app.NAME}: data from {data.source}")
     if model is None:
-        model = (app.build_model(config, data) if recurrent_layer is None
-                 else app.build_model(config, data, recurrent_layer=recurrent_layer))
+        model = app.build_model(config, data, recurrent_layer=recurrent_layer)
     print(f"[elman] {app.NAME}: {model.count_params():,} parameters; run directory {run_dir}")
     started = time.perf_counter()
     try:

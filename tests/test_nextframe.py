@@ -246,9 +246,9 @@ def test_conv_lstm_reference_is_stepped_like_the_elman_cell(data, monkeypatch):
     centers = model.get_layer("tracker")(frames)[0]
     rolled = app.rollout_centers(model, centers, 3).numpy()
     # Reading the given frames one step at a time, as the RNN layer does, then its own.
-    outputs = model.get_layer("recurrent")(app.track_features(centers,
-                                                              tracker.tracked_moves(centers)))
-    moves = model.get_layer("decoder").moves(outputs[:, -1], centers[:, -1],
+    features = app.track_features(centers, tracker.tracked_moves(centers))
+    outputs = model.get_layer("recurrent")(features)
+    moves = model.get_layer("decoder").moves(outputs[:, -1], features[:, -1],
                                              centers[:, -1] - centers[:, -2])
     np.testing.assert_allclose(rolled[:, INPUT_FRAMES - 1], centers[:, -1] + moves, atol=1e-4)
     app_checks.check_training_step_changes_every_weight(model, (next(iter(data.train)),))

@@ -22,7 +22,7 @@ the tracked ones (a Huber loss in pixels).
 
 The app contract the shared core relies on: `NAME`, `Config`, `PRESETS`, `SMOKE`, `MONITOR`,
 `EXAMPLES`, `load_data`, `build_model`, `search_space`, `export_signatures`,
-`prediction_request`, `describe_prediction` and `evaluation_report`.
+`prediction_request`, `describe_prediction`, `evaluation_report` and `headline`.
 """
 
 import dataclasses
@@ -198,9 +198,10 @@ class MoveDecoder(keras.layers.Layer):
         max_step: float > 0, the largest change of a move, pixels per axis. Default: 6.
 
     Call arguments:
-        inputs: `[outputs, centers, layers]`: the recurrent outputs `(batch, time, objects *
-            output_size)`, the tracked centers `(batch, time, objects, 2)` and layers
-            `(batch, time, 64, 64, objects)` of the frames read.
+        inputs: `[outputs, features, moves, layers]`: the recurrent outputs `(batch, time,
+            objects * output_size)`, what the cell read (`track_features`, `(batch, time, 4 *
+            objects)`), the objects' last moves `(batch, time, objects, 2)` and their layers
+            `(batch, time, 64, 64, objects)` in the frames read.
 
     Returns:
         `(batch, time, 64, 64, 1)`: output t, frame t's layers moved by the next move, predicts
@@ -222,12 +223,13 @@ class MoveDecoder(keras.layers.Layer):
         # One object's output, center and last move.
         self.steps.build((None, input_shape[0][-1] // self.objects + 4))
 
-    def moves(self, output, centers, last_moves):
-        """One step: `output` `(n, objects * output_size)`, `centers` and `last_moves` `(n,
-        objects, 2)` -> the next moves `(n, objects, 2)`, `(dy, dx)` in pixels."""
+    def moves(self, output, features, last_moves):
+        """One step: `output` `(n, objects * output_size)`, the features the cell read `(n, 4 *
+        objects)` and `last_moves` `(n, objects, 2)` -> the next moves `(n, objects, 2)`,
+        `(dy, dx)` in pixels."""
         inputs = ops.concatenate([
             ops.reshape(output, (-1, self.objects, output.shape[-1] // self.objects)),
-            ops.reshape(track_features(centers, last_moves), (-1, self.objects, 4))], axis=-1)
+            ops.reshape(features, (-1, self.objects, 4))], axis=-1)
         return last_moves + self.max_step * ops.tanh(self.steps(inputs))
 
     def draw(self, layers, offsets):
@@ -238,12 +240,19 @@ class MoveDecoder(keras.layers.Layer):
                                  ops.reshape(offsets, (-1, self.objects, 2)))
         return ops.reshape(ops.max(moved, axis=-1), (batch, time, FRAME_SIZE, FRAME_SIZE, 1))
 
+    def draw_rollout(self, layers, centers, predicted):
+        """One frame's `layers` `(batch, 64, 64, objects)`, whose objects are at `centers`
+        `(batch, objects, 2)`, moved to each of the `predicted` centers `(batch, time, objects,
+        2)` -> frames `(batch, time, 64, 64, 1)`."""
+        time = ops.shape(predicted)[1]
+        return self.draw(ops.repeat(layers[:, None], time, axis=1), predicted - centers[:, None])
+
     def call(self, inputs):
-        outputs, centers, layers = inputs
+        outputs, features, last_moves, layers = inputs
         batch, time = ops.shape(outputs)[0], ops.shape(outputs)[1]
         moves = self.moves(ops.reshape(outputs, (-1, outputs.shape[-1])),
-                           ops.reshape(centers, (-1, self.objects, 2)),
-                           ops.reshape(tracked_moves(centers), (-1, self.objects, 2)))
+                           ops.reshape(features, (-1, features.shape[-1])),
+                           ops.reshape(last_moves, (-1, self.objects, 2)))
         return self.draw(layers, ops.reshape(moves, (batch, time, self.objects, 2)))
 
     def compute_output_shape(self, input_shape):
@@ -274,9 +283,12 @@ def build_model(config, data=None, recurrent_layer=None):
     centers, layers = ObjectTracker(objects, config.track_iterations, name="tracker")(frames)
     recurrent = keras.layers.RNN(ObjectwiseCell(cell, objects), return_sequences=True,
                                  name="recurrent")
+    last_moves = tracked_moves(centers)
+    features = track_features(centers, last_moves)  # (batch, time, 4 * objects)
     # (batch, time, objects * output_units): o_t = relu(V s_t + c) of each object.
-    outputs = recurrent(track_features(centers, tracked_moves(centers)))
-    predicted = MoveDecoder(objects, config.max_step, name="decoder")([outputs, centers, layers])
+    outputs = recurrent(features)
+    predicted = MoveDecoder(objects, config.max_step, name="decoder")(
+        [outputs, features, last_moves, layers])
     model = NextFrameModel(frames, predicted, input_frames=config.input_frames,
                            name="nextframe_elman")
     steps_per_epoch = -(-config.train_sequences // config.batch_size)
@@ -317,8 +329,9 @@ def rollout_centers(model, centers, num_frames, training=False):
             index = ops.minimum(t, given - 1)
             center = ops.where(t < given, centers[:, index], center)
             move = ops.where(t < given, moves[:, index], move)
-        output, states = cell(track_features(center, move), states, training=training)
-        move = decoder.moves(output, center, move)
+        features = track_features(center, move)
+        output, states = cell(features, states, training=training)
+        move = decoder.moves(output, features, move)
         return center + move, move, list(states)
 
     carry = (centers[:, 0], moves[:, 0], list(cell.get_initial_state(ops.shape(centers)[0])))
@@ -397,9 +410,8 @@ class NextFrameModel(keras.Model):
         centers, layers = self.get_layer("tracker")(whole_sequences(inputs, targets))
         loss, predicted = self._centers_loss(centers, training=False)
         last = self.input_frames - 1  # The last true frame: its layers are moved.
-        frames = self.get_layer("decoder").draw(
-            ops.repeat(layers[:, last:last + 1], predicted.shape[1] - last, axis=1),
-            predicted[:, last:] - centers[:, last:last + 1])
+        frames = self.get_layer("decoder").draw_rollout(layers[:, last], centers[:, last],
+                                                        predicted[:, last:])
         self._loss_tracker.update_state(loss, sample_weight=ops.shape(inputs)[0])
         return self.compute_metrics(inputs, targets[:, last:], frames)
 
@@ -431,8 +443,7 @@ def predict_frames(model, frames, num_frames):
     frames = tf.convert_to_tensor(frames, tf.float32)
     centers, layers = model.get_layer("tracker")(frames)
     predicted = rollout_centers(model, centers, num_frames)[:, -num_frames:]
-    return model.get_layer("decoder").draw(
-        tf.repeat(layers[:, -1:], num_frames, axis=1), predicted - centers[:, -1:])
+    return model.get_layer("decoder").draw_rollout(layers[:, -1], centers[:, -1], predicted)
 
 
 def export_signatures(model):

@@ -20,9 +20,9 @@ until "[end]" or `max_target_length` words, greedily or with beam search, in gra
 by tensors, so the exported SavedModel translates raw strings by itself:
 `serving_default` (greedy) and `beam_search` (any beam width).
 
-The app contract the shared core relies on: `NAME`, `Config`, `PRESETS`, `SMOKE`, `MONITOR`, `EXAMPLES`,
-`load_data`, `build_model`, `search_space`, `export_signatures`, `prediction_request`,
-`describe_prediction` and `evaluation_report`.
+The app contract the shared core relies on: `NAME`, `Config`, `PRESETS`, `SMOKE`, `MONITOR`,
+`EXAMPLES`, `load_data`, `build_model`, `search_space`, `export_signatures`,
+`prediction_request`, `describe_prediction`, `evaluation_report` and `headline`.
 """
 
 import dataclasses
