@@ -2,9 +2,10 @@
 
 An app is a module with a small explicit contract (see `elman.apps.imdb.model`): `NAME`, a frozen
 dataclass `Config` whose defaults are the best recipe measured, `PRESETS` (name -> Config:
-"default", "smoke" for tests and the demo, and any variant worth keeping), `SMOKE`, `MONITOR`,
-`load_data(config)`, `build_model(config, data)`, `search_space(hp, config)`,
-`export_signatures(model)`, `prediction_request(inputs)`,
+"default", "smoke" for tests, "demo" for `elman demo`, and any variant worth keeping), `SMOKE`,
+`MONITOR`, `load_data(config)`, `build_model(config, data)`, `search_space(hp, config)`,
+`export_signatures(model)`, `prediction_request(inputs)`, `warmup_requests()` (example inputs
+of every signature, which TF Serving replays on loading),
 `describe_prediction(inputs, outputs)` and `headline(metrics)` (the result of a test evaluation
 and a trivial baseline, for `elman demo`'s summary).
 """

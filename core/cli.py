@@ -25,6 +25,7 @@ examples:
   elman train imdb --config runs/imdb-tune/best_config.json
   elman export imdb                            saved_models/imdb/<next version>/
   elman predict imdb "A wonderful film."       run the exported model
+  elman serve                                  TF Serving's REST API on 127.0.0.1:8501
   elman train translation --set direction=spa-eng
   elman evaluate translation                   BLEU and chrF, greedy and beam search
   elman translate "Where is the station?" --beam-width 4
@@ -158,6 +159,23 @@ def build_parser():
     predict.add_argument("--version", type=int, help="version number (default: the latest)")
     _add_base_dir(predict)
 
+    serve = commands.add_parser(
+        "serve", help="serve the exports with TensorFlow Serving's REST API",
+        description="Serve the newest version of every model under --base-dir with TensorFlow "
+        "Serving's REST API (POST /v1/models/NAME:predict, GET /v1/models/NAME[/metadata]), "
+        "loading new versions as they are exported. A client written for TF Serving works "
+        "unchanged; `elman export` also writes the models.config for the tensorflow/serving "
+        "docker image (see the README).")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8501,
+                       help="port (default: 8501, TF Serving's REST port; 0: a free one)")
+    serve.add_argument("--poll-seconds", type=float, default=1.0,
+                       help="how often to look for new versions (default: 1)")
+    serve.add_argument("--max-request-mb", type=float, default=32.0,
+                       help="largest request body accepted, in MiB (default: 32)")
+    _add_base_dir(serve)
+
     translate = commands.add_parser(
         "translate", help="translate sentences with the exported translation model",
         description="Load the latest (or --version) SavedModel of the translation app and "
@@ -176,15 +194,20 @@ def build_parser():
     presets.add_argument("app", choices=apps)
 
     demo = commands.add_parser("demo", help="train, export and predict with every app",
-                               description="The main job: for every app, train (the demo "
-                               "preset on the shipped sample, or the default config when "
-                               "$ELMAN_DATA_DIR or --data-dir is set), evaluate, export a "
-                               "SavedModel and show predictions on the app's examples.")
+                               description="The main job, in minutes: for every app, train the "
+                               "demo preset (on the real data when $ELMAN_DATA_DIR, --data-dir "
+                               "or --download gives it, else on the shipped sample or synthetic "
+                               "data), evaluate it against a trivial baseline, export a "
+                               "SavedModel, show predictions and end with a summary.")
     demo.lists_presets = True
     demo.add_argument("--apps", nargs="+", choices=apps, default=apps)
-    demo.add_argument("--preset", metavar="NAME", help="the preset of every app (default: demo "
-                      "without a data directory, else default)")
+    demo.add_argument("--preset", metavar="NAME", default="demo",
+                      help="the preset of every app (default: demo)")
     demo.add_argument("--data-dir", help="data directory (default: $ELMAN_DATA_DIR)")
+    demo.add_argument("--download", action="store_true",
+                      help="fetch the canonical data sets (IMDB, Anki, MNIST, Flickr8k: about "
+                      f"1.3 GB) into the data directory (default: {DOWNLOAD_DIR}) and run on "
+                      "them; without a network, say so and use the shipped data")
     demo.add_argument("--runs-dir", type=Path, default=Path("runs"),
                       help="where the run directories go (default: runs)")
     _add_base_dir(demo)
@@ -258,6 +281,28 @@ def _print_prediction(app, inputs, base_dir, version=None, signature="serving_de
         print("  " + line)
 
 
+DOWNLOAD_DIR = Path("~/.elman/data")
+
+
+def _demo_data_dir(args):
+    """The demo's data directory: `--data-dir` or $ELMAN_DATA_DIR; with `--download`, that or
+    DOWNLOAD_DIR (created), or None (the shipped data) when no network answers."""
+    from elman.datasets import DATA_DIR_VARIABLE, network_problem, resolve_data_dir
+
+    if not args.download:
+        return resolve_data_dir(args.data_dir)
+    problem = network_problem()
+    if problem:
+        print(f"[elman] demo: no download, {problem}: using the shipped data")
+        return None
+    data_dir = Path(args.data_dir or os.environ.get(DATA_DIR_VARIABLE) or DOWNLOAD_DIR)
+    data_dir = data_dir.expanduser()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    print(f"[elman] demo: the data sets missing from {data_dir} are downloaded there first "
+          "(once; their loaders show the progress)")
+    return data_dir
+
+
 def _demo(args):
     import dataclasses
     import shlex
@@ -267,8 +312,8 @@ def _demo(args):
     from elman.apps import get_app, get_preset
     from elman.datasets import resolve_data_dir
 
-    data_dir = resolve_data_dir(args.data_dir)
-    preset = args.preset or ("default" if data_dir else "demo")
+    data_dir = _demo_data_dir(args)
+    preset = args.preset
     started, rows = time.perf_counter(), []
     for number, name in enumerate(args.apps, 1):
         app = get_app(name)
@@ -276,17 +321,28 @@ def _demo(args):
         if data_dir:
             config = dataclasses.replace(config, data_dir=str(data_dir))
         print(f"\n=== {number}/{len(args.apps)} {name}: the {preset} preset on " + (
-            "the real data" if data_dir else "the shipped sample or synthetic data; set "
-            "ELMAN_DATA_DIR for the full models") + f" ({time.perf_counter() - started:.0f} s "
-            "so far)")
+            f"the real data ({data_dir})" if data_dir else "the shipped sample or synthetic "
+            "data (elman demo --download, or ELMAN_DATA_DIR, for the real data)")
+            + f" ({time.perf_counter() - started:.0f} s so far)")
         app_started = time.perf_counter()
         run_dir = args.runs_dir / f"{name}-demo"
-        data = app.load_data(config)
-        print(f"[elman] {name}: step 1/3, training")
-        model, _ = training.train(app, config, run_dir, data=data, verbose=2,
-                                  command=args.command_line, preset=preset)
+        print(f"[elman] {name}: step 1/3, reading the data and training")
+        # train() reads the data itself, so that the demo trains exactly what `elman train APP
+        # --preset demo` trains (the same random draws in the same order).
+        try:
+            model, _ = training.train(app, config, run_dir, verbose=2,
+                                      command=args.command_line, preset=preset)
+        except FileNotFoundError as error:
+            if not args.download:
+                raise
+            # One failed download costs only its own app the real data.
+            print(f"[elman] {name}: using the shipped data, as the real data could not be "
+                  f"read or downloaded: {error}")
+            config = dataclasses.replace(config, data_dir="")
+            model, _ = training.train(app, config, run_dir, verbose=2,
+                                      command=args.command_line, preset=preset)
         print(f"[elman] {name}: step 2/3, evaluating on the test split")
-        metrics = training.evaluate(app, model, data, run_dir, config)
+        metrics = training.evaluate(app, model, app.load_data(config), run_dir, config)
         print(f"[elman] {name}: test " + training.format_metrics(metrics))
         print(f"[elman] {name}: step 3/3, exporting and predicting")
         path = export.export(app, model, args.base_dir)
@@ -303,6 +359,9 @@ def _demo(args):
     for name, result, baseline, path, pictures, command, seconds in rows:
         print(f"{name} ({seconds:.0f} s)\n  result:      {result}\n  baseline:    {baseline}\n"
               f"  SavedModel:  {path}\n  look at:     {pictures}\n  try:         {command}")
+    base = "" if args.base_dir == Path("saved_models") else f" --base-dir {args.base_dir}"
+    print(f"serve them with TF Serving's REST API: elman serve{base}, then e.g.\n"
+          f"  curl http://127.0.0.1:8501/v1/models/{rows[0][0]}/metadata   (README: Serving)")
 
 
 def _bptt(args):
@@ -327,6 +386,11 @@ def _bptt(args):
 def dispatch(args):
     if args.command == "demo":
         return _demo(args)
+    if args.command == "serve":
+        from elman import serving
+
+        return serving.serve(args.base_dir, args.host, args.port, args.poll_seconds,
+                             int(args.max_request_mb * 1024 * 1024))
     if args.command == "bptt":
         return _bptt(args)
     if args.command == "translate":
@@ -400,11 +464,10 @@ def main(argv=None):
 
         if not isinstance(error, tf.errors.InvalidArgumentError):
             raise
-        # The op's own message, without TensorFlow's frames around it.
-        lines = [line.strip() for line in str(error).splitlines()]
-        reason = next((line for line in lines if line and not line.startswith(
-            ("Graph execution error", "Detected at", "<stack", "[["))), str(error))
-        print(f"elman: error: the model rejected the input: {reason}", file=sys.stderr)
+        from elman.export import model_error_message
+
+        print(f"elman: error: the model rejected the input: {model_error_message(error)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,18 +1,22 @@
 """Versioned SavedModels for TensorFlow Serving, written atomically.
 
-`export(app, model)` writes `saved_models/<app>/<version>/` with the app's named signatures. The
-SavedModel is first written under a hidden temporary name in the same folder and renamed into
-place when complete: TensorFlow Serving only loads integer-named folders, and a rename within one
+`export(app, model)` writes `saved_models/<app>/<version>/` with the app's named signatures and
+TF Serving's warmup requests, and (re)writes `saved_models/models.config` and `batching.config`
+(see `elman.tf_serving`). The SavedModel is first written under a hidden temporary name in the
+same folder and renamed into place when complete: TensorFlow Serving only loads integer-named folders, and a rename within one
 file system is atomic, so a half-written version is never seen, even if the export is killed.
 """
 
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
 
 import keras
 import tensorflow as tf
+
+from elman import tf_serving
 
 DEFAULT_BASE_DIR = "saved_models"
 
@@ -58,10 +62,12 @@ def export(app, model, base_dir=DEFAULT_BASE_DIR, version=None):
     temporary = app_dir / f".tmp-{version}-{uuid.uuid4().hex}"
     try:
         archive.write_out(str(temporary), verbose=False)
+        tf_serving.write_warmup_requests(temporary, app.NAME, app.warmup_requests())
         os.rename(temporary, target)
     finally:
         if temporary.exists():
             shutil.rmtree(temporary)
+    tf_serving.write_server_files(base_dir)
     return target
 
 
@@ -93,3 +99,15 @@ def predict(app, inputs, base_dir=DEFAULT_BASE_DIR, version=None, signature="ser
     for name, value in extra.items():
         request[name] = tf.constant(value, function.structured_input_signature[1][name].dtype)
     return function(**request), version
+
+
+def model_error_message(error):
+    """The reason a SavedModel rejected its input, from TensorFlow's error, without the graph's
+    node names and frames: "beam_width must be at least 1" rather than "Graph execution
+    error: ... assertion failed: [beam_width must be at least 1] [Condition x >= y ...]"."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    reason = next((line for line in lines if line and not line.startswith(
+        ("Graph execution error", "Detected at", "<stack", "[["))), str(error).strip())
+    reason = re.sub(r"\s*\[Op:[^\]]*\]$", "", reason)
+    asserted = re.match(r"assertion failed: \[(.*?)\](?: \[Condition|$)", reason)
+    return asserted.group(1) if asserted else reason

@@ -269,6 +269,16 @@ def test_export_serves_without_elman_and_checks_its_inputs(model, data, tmp_path
     assert as_uint8["predicted_frames"].dtype == tf.uint8
     np.testing.assert_allclose(as_uint8["predicted_frames"].numpy() / 255.0, predicted,
                                atol=2 / 255)
+    # One sequence out of range (NaN, or a pixel above 1) costs the others nothing.
+    spoiled = frames.copy()
+    spoiled[1, 0, 5, 5, 0] = np.nan
+    spoiled[3, 2, 0, 0, 0] = 1.5
+    mixed = default(frames=tf.constant(spoiled), num_frames=tf.constant(4))
+    assert mixed["valid"].numpy().tolist() == [True, False, True, False]
+    np.testing.assert_allclose(mixed["predicted_frames"].numpy()[[0, 2]], predicted[[0, 2]],
+                               atol=1e-5)
+    assert not mixed["predicted_frames"].numpy()[[1, 3]].any()
+    assert default(**request)["valid"].numpy().all() and as_uint8["valid"].numpy().all()
     with pytest.raises(tf.errors.InvalidArgumentError, match="num_frames must be at least 1"):
         default(frames=request["frames"], num_frames=tf.constant(0))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"frames must be in \[0, 1\]"):
@@ -305,6 +315,11 @@ def test_cli_verbs_end_to_end(tmp_path, capsys, monkeypatch):
         assert report[name]["mse"] > 0 and -1 <= report[name]["ssim"] <= 1
         assert len(report[name]["mse_by_frame"]) == app.SMOKE.output_frames
     assert (run_dir / "predictions.png").stat().st_size > 1000
+    from PIL import Image
+
+    with Image.open(run_dir / "predictions.gif") as animation:
+        # One picture per frame in time: the given ones, then truth against prediction.
+        assert animation.n_frames == app.SMOKE.input_frames + app.SMOKE.output_frames
     assert main(["export", "nextframe"]) == 0
     capsys.readouterr()
     assert main(["predict", "nextframe", "test:0", "test:1"]) == 0

@@ -26,9 +26,13 @@ Encoders (`Config.encoder`):
 - `small_cnn`: a small CNN trained from scratch with the decoder (input `image`, pixels in
   [0, 1]); the default without a data directory, on synthetic shapes with exact captions.
 
+The empty default is `efficientnet_lite0` with a data directory that holds its weights,
+`keras:EfficientNetB0` with one that does not (e.g. after `elman demo --download`), and
+`small_cnn` without a data directory.
+
 The exported SavedModel takes encoded images (`image_bytes`, JPEG or PNG) and returns the caption
 (`serving_default`: greedy; `beam_search`: any width); it decodes, resizes and runs the CNN
-itself. Bytes that are not a JPEG or PNG give an empty caption and `valid` false.
+itself. Bytes that are not a complete JPEG or PNG give an empty caption and `valid` false.
 """
 
 import base64
@@ -68,8 +72,8 @@ class Config:
     data_dir: str = ""
     # efficientnet_lite0 (pretrained, frozen, features cached), keras:<application> (any
     # keras.applications CNN with ImageNet weights, e.g. keras:ResNet50; needs internet once)
-    # or small_cnn (from scratch). Empty: efficientnet_lite0 with a data directory, small_cnn
-    # on synthetic shapes.
+    # or small_cnn (from scratch). Empty: efficientnet_lite0 with a data directory holding its
+    # weights (keras:EfficientNetB0 with one that does not), small_cnn on synthetic shapes.
     encoder: str = ""
     # Where cached image features go (empty: ~/.cache/elman/captioning).
     cache_dir: str = ""
@@ -99,7 +103,10 @@ class Config:
 SMOKE = Config(synthetic_images=600, vocabulary_size=100, embedding_dim=32, hidden_units=64,
                batch_size=32, learning_rate=3e-3, epochs=6, dropout=0.0)
 # Named presets (`elman train captioning --preset NAME`): "default" is the best measured.
-PRESETS = {"default": Config(), "demo": SMOKE, "smoke": SMOKE}
+# What `elman demo` trains: SMOKE, and on Flickr8k (with a data directory) its first 1,000
+# training images, so that the image features are computed in about a minute.
+DEMO = dataclasses.replace(SMOKE, max_images=1000, vocabulary_size=2000)
+PRESETS = {"default": Config(), "demo": DEMO, "smoke": SMOKE}
 
 
 def search_space(hp, config):
@@ -111,6 +118,10 @@ def search_space(hp, config):
         learning_rate=hp.Float("learning_rate", 3e-4, 3e-3, sampling="log"),
         dropout=hp.Float("dropout", 0.0, 0.5, step=0.1),
     )
+
+
+# The encoder with a data directory that lacks the EfficientNet-Lite0 weights.
+FALLBACK_ENCODER = "keras:EfficientNetB0"
 
 
 def encoder_name(config):
@@ -125,7 +136,14 @@ def encoder_name(config):
             raise ValueError(f"encoder must be one of {ENCODERS}, received "
                              f"encoder={config.encoder!r}")
         return config.encoder
-    return "efficientnet_lite0" if resolve_data_dir(config.data_dir or None) else "small_cnn"
+    root = resolve_data_dir(config.data_dir or None)
+    if root is None:
+        return "small_cnn"
+    # The Lite0 weights have no public download (see elman.apps.captioning.encoders); where
+    # they are missing, Keras's EfficientNetB0 downloads its own.
+    if (root / "weights" / encoders.EFFICIENTNET_LITE0_FILE).is_file():
+        return "efficientnet_lite0"
+    return FALLBACK_ENCODER
 
 
 # Text.
@@ -156,27 +174,28 @@ def _vectorizer(config, vocabulary=None):
 
 def decode_images(image_bytes, image_size):
     """Encoded JPEG/PNG bytes `(batch,)` -> `(pixels (batch, size, size, 3) float in [0, 255],
-    valid (batch,) bool)`; anything that is not a JPEG or PNG gives black pixels, invalid."""
+    valid (batch,) bool)`; bytes that are not a complete JPEG or PNG (another format, text, a
+    truncated or corrupt file) give black pixels, invalid, and cost the others nothing."""
 
-    def one(data):
-        is_jpeg = tf.strings.substr(data, 0, 3) == b"\xff\xd8\xff"
-        is_png = tf.strings.substr(data, 0, 8) == b"\x89PNG\r\n\x1a\n"
+    def decode(data):
+        image = tf.cond(tf.strings.substr(data, 0, 3) == b"\xff\xd8\xff",
+                        lambda: tf.io.decode_jpeg(data, channels=3),
+                        lambda: tf.io.decode_png(data, channels=3))
+        return tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size])
 
-        def decode():
-            image = tf.cond(is_jpeg,
-                            lambda: tf.io.decode_jpeg(data, channels=3,
-                                                      try_recover_truncated=True,
-                                                      acceptable_fraction=0.1),
-                            lambda: tf.io.decode_png(data, channels=3))
-            return tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size])
-
-        valid = is_jpeg | is_png
-        pixels = tf.cond(valid, decode, lambda: tf.zeros([image_size, image_size, 3]))
-        return pixels, valid
-
-    return tf.map_fn(one, image_bytes,
-                     fn_output_signature=(tf.TensorSpec([image_size, image_size, 3], tf.float32),
-                                          tf.TensorSpec([], tf.bool)))
+    # A decoder's error fails the whole graph, and with it every image of the batch; a tf.data
+    # pipeline can drop the elements that fail instead (core ops, which TF Serving runs too).
+    count = tf.shape(image_bytes)[0]
+    indexed = tf.data.Dataset.from_tensor_slices((tf.range(count), image_bytes))
+    decoded = indexed.map(lambda index, data: (index, decode(data))).ignore_errors()
+    # One extra element, at index `count`, keeps the batch non-empty when every image fails.
+    decoded = decoded.concatenate(tf.data.Dataset.from_tensors(
+        (count, tf.zeros([image_size, image_size, 3]))))
+    indices, pixels = decoded.batch(tf.cast(count, tf.int64) + 1).get_single_element()
+    indices = indices[:, None]  # (decoded + 1, 1)
+    valid = tf.scatter_nd(indices, tf.ones_like(indices[:, 0], tf.bool), [count + 1])[:count]
+    pixels = tf.scatter_nd(indices, pixels, [count + 1, image_size, image_size, 3])[:count]
+    return pixels, valid
 
 
 def pretrained_encoder(name="efficientnet_lite0", data_dir=None):
@@ -561,12 +580,19 @@ def prediction_request(inputs):
     return {"image_bytes": tf.constant(images)}
 
 
+def warmup_requests():
+    """`{signature: inputs}` that TF Serving replays when it loads the model: the examples."""
+    request = prediction_request(EXAMPLES)
+    return {"serving_default": request,
+            "beam_search": {**request, "beam_width": tf.constant(Config.beam_width)}}
+
+
 def describe_prediction(inputs, outputs):
     """One line per image: its caption, or why there is none."""
     lines = []
     for name, caption, valid in zip(inputs, outputs["caption"].numpy(), outputs["valid"].numpy()):
         lines.append(f"{name}: {caption.decode()!r}" if valid else
-                     f"{name}: not a JPEG or PNG image")
+                     f"{name}: not a complete JPEG or PNG image")
     return lines
 
 

@@ -20,10 +20,11 @@ Text processing is part of the model, so the `.keras` file and the exported Save
 strings: empty reviews, megabyte-long ones, non-ASCII text and invalid UTF-8 bytes all give a
 probability. The app contract the shared core relies on: `NAME`, `Config`, `PRESETS`, `SMOKE`,
 `MONITOR`, `EXAMPLES`, `load_data`, `build_model`, `search_space`, `export_signatures`,
-`prediction_request`, `describe_prediction` and `headline`.
+`prediction_request`, `warmup_requests`, `describe_prediction`, `evaluation_report` and `headline`.
 """
 
 import dataclasses
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -385,11 +386,43 @@ def headline(metrics):
             "one label for every review: 50.0% (the test reviews are half positive)")
 
 
+def evaluation_report(model, data, run_dir=None, config=None, log=print, reviews=1000):
+    """Predictions on the first `reviews` test reviews (of the length-bucketed order), written
+    with `run_dir` to `predictions.tsv`: label, p(positive), right or wrong and the text, the
+    most confident mistakes first (what the model gets wrong is the best thing to read)."""
+    rows = []
+    for texts, labels in data.test:
+        probabilities = model(texts, training=False).numpy().reshape(-1)  # (batch,)
+        rows += zip(labels.numpy(), probabilities, texts.numpy())
+        if len(rows) >= reviews:
+            break
+    rows = rows[:reviews]
+    wrong = [(label > 0.5) != (probability >= 0.5) for label, probability, _ in rows]
+    report = {"reviews": len(rows), "wrong": int(sum(wrong))}
+    if run_dir is not None:
+        order = sorted(range(len(rows)), key=lambda i: (not wrong[i],
+                                                         -abs(rows[i][1] - 0.5)))
+        lines = ["label\tp_positive\tresult\treview"] + [
+            f"{LABELS[int(rows[i][0])]}\t{rows[i][1]:.3f}\t{'wrong' if wrong[i] else 'right'}"
+            f"\t{' '.join(rows[i][2].decode('utf-8', errors='replace').split())}"
+            for i in order]
+        path = Path(run_dir, "predictions.tsv")
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        log(f"[elman] imdb: {report['wrong']} of {len(rows)} test reviews wrong; "
+            f"predictions in {path}")
+    return report
+
+
 def prediction_request(inputs):
     """Turns the command line's inputs (review texts) into the signature's keyword arguments."""
     if not inputs:
         raise ValueError("elman predict imdb expects one or more review texts, received none")
     return {"review": tf.constant(list(inputs), tf.string)}
+
+
+def warmup_requests():
+    """`{signature: inputs}` that TF Serving replays when it loads the model: the examples."""
+    return {"serving_default": prediction_request(EXAMPLES)}
 
 
 def describe_prediction(inputs, outputs):

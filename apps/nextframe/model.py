@@ -22,7 +22,7 @@ the tracked ones (a Huber loss in pixels).
 
 The app contract the shared core relies on: `NAME`, `Config`, `PRESETS`, `SMOKE`, `MONITOR`,
 `EXAMPLES`, `load_data`, `build_model`, `search_space`, `export_signatures`,
-`prediction_request`, `describe_prediction`, `evaluation_report` and `headline`.
+`prediction_request`, `warmup_requests`, `describe_prediction`, `evaluation_report` and `headline`.
 """
 
 import dataclasses
@@ -448,10 +448,13 @@ def predict_frames(model, frames, num_frames):
 
 def export_signatures(model):
     """Serving signatures: `frames` `[batch, time, 64, 64, 1]` and `num_frames` (int32 scalar,
-    1 to 100) -> `predicted_frames` `[batch, num_frames, 64, 64, 1]`.
+    1 to 100) -> `predicted_frames` `[batch, num_frames, 64, 64, 1]` and `valid` `[batch]`.
 
     `serving_default` takes and returns float32 in [0, 1]; `serving_uint8` takes and returns
-    uint8 pixels (0-255), as frames are stored.
+    uint8 pixels (0-255), as frames are stored. A sequence with a value outside [0, 1] (NaN
+    included) gets `valid` false and black frames, and costs the others nothing; a request in
+    which no sequence is valid is an error that says why (most often 0-255 pixels sent as
+    floats).
     """
     frames_shape = [None, None, FRAME_SIZE, FRAME_SIZE, 1]
 
@@ -472,12 +475,16 @@ def export_signatures(model):
         # Signatures loaded from a SavedModel do not enforce the declared shape: checked here,
         # before the first reshape would fail with a message about tensor sizes.
         frames = tf.ensure_shape(frames, frames_shape)
-        checks = checked(frames, num_frames) + [
-            tf.debugging.assert_greater_equal(frames, 0.0, message="frames must be in [0, 1]"),
-            tf.debugging.assert_less_equal(frames, 1.0, message="frames must be in [0, 1] "
-                                           "(for 0-255 pixels use the serving_uint8 signature)")]
+        # (batch,): every value in [0, 1]; a comparison with NaN is false.
+        valid = tf.reduce_all((frames >= 0.0) & (frames <= 1.0), axis=[1, 2, 3, 4])
+        checks = checked(frames, num_frames) + [tf.debugging.Assert(
+            tf.reduce_any(valid) | (tf.size(valid) == 0),
+            ["frames must be in [0, 1] (for 0-255 pixels use the serving_uint8 signature); "
+             "no sequence of the request is"])]
         with tf.control_dependencies(checks):
-            return {"predicted_frames": predict_frames(model, frames, num_frames)}
+            mask = tf.cast(valid, tf.float32)[:, None, None, None, None]
+            predicted = predict_frames(model, tf.where(mask > 0, frames, 0.0), num_frames)
+        return {"predicted_frames": predicted * mask, "valid": valid}
 
     @tf.function(input_signature=[tf.TensorSpec(frames_shape, tf.uint8, name="frames"),
                                   tf.TensorSpec([], tf.int32, name="num_frames")])
@@ -485,7 +492,9 @@ def export_signatures(model):
         frames = tf.ensure_shape(frames, frames_shape)
         with tf.control_dependencies(checked(frames, num_frames)):
             predicted = predict_frames(model, tf.cast(frames, tf.float32) / 255.0, num_frames)
-        return {"predicted_frames": tf.cast(tf.round(predicted * 255.0), tf.uint8)}
+        # Every uint8 sequence is a valid one; the output says so, as serving_default's does.
+        return {"predicted_frames": tf.cast(tf.round(predicted * 255.0), tf.uint8),
+                "valid": tf.ones([tf.shape(frames)[0]], tf.bool)}
 
     return {"serving_default": serving_default, "serving_uint8": serving_uint8}
 
@@ -546,6 +555,14 @@ def prediction_request(inputs):
             "num_frames": tf.constant(Config().output_frames, tf.int32)}
 
 
+def warmup_requests():
+    """`{signature: inputs}` that TF Serving replays when it loads the model: the examples."""
+    request = prediction_request(EXAMPLES)
+    pixels = tf.cast(tf.round(request["frames"] * 255.0), tf.uint8)
+    return {"serving_default": request,
+            "serving_uint8": {"frames": pixels, "num_frames": request["num_frames"]}}
+
+
 def describe_prediction(inputs, outputs):
     """One line per input: frames predicted and, for test sequences, the per-frame MSE against
     the truth beside copying the last frame."""
@@ -586,7 +603,8 @@ def headline(metrics):
 
 def evaluation_report(model, data, run_dir=None, config=None, log=print, batch_size=100):
     """10 -> 10 on the fixed test set: MSE, MAE, SSIM for the model and copy-last-frame, and a
-    PNG of input / truth / prediction for three sequences (`RUN_DIR/predictions.png`)."""
+    PNG of input / truth / prediction for three sequences (`RUN_DIR/predictions.png`) and the
+    same sequences as a moving picture (`RUN_DIR/predictions.gif`)."""
     config = config or Config()
     rollout = tf.function(lambda frames: predict_frames(model, frames, config.output_frames))
     errors = {"model": [], "copy_last_frame": []}
@@ -616,7 +634,8 @@ def evaluation_report(model, data, run_dir=None, config=None, log=print, batch_s
     if run_dir is not None:
         Path(run_dir, "frames.json").write_text(json.dumps(report, indent=2) + "\n")
         path = plot_predictions(*examples, Path(run_dir) / "predictions.png")
-        log(f"[elman] nextframe: pictures in {path}")
+        animation = animate_predictions(*examples, Path(run_dir) / "predictions.gif")
+        log(f"[elman] nextframe: pictures in {path} and {animation}")
     return report
 
 
@@ -641,5 +660,45 @@ def plot_predictions(given, truth, predicted, path):
             axes[3 * index + row, 0].set_title(f"{label} {index}", fontsize=7, loc="left")
     figure.tight_layout()
     figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def animate_predictions(given, truth, predicted, path, seconds_per_frame=0.25):
+    """Writes an animated GIF: each sequence's frames in time, the truth above the prediction.
+
+    Args:
+        given: `(sequences, input_frames, height, width, 1)` frames in [0, 1].
+        truth: `(sequences, output_frames, height, width, 1)`, the frames that followed.
+        predicted: the model's frames, shaped like `truth`.
+        path: where the GIF goes.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import ArtistAnimation, PillowWriter
+
+    sequences = len(given)
+    figure, axes = plt.subplots(2, sequences, figsize=(1.6 * sequences, 3.4), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    pictures = []
+    for step in range(given.shape[1] + truth.shape[1]):
+        artists = []
+        future = step - given.shape[1]  # The frame's index among the predicted ones.
+        for index in range(sequences):
+            rows = ((given[index, step],) * 2 if future < 0
+                    else (truth[index, future], predicted[index, future]))
+            for row, image in enumerate(rows):
+                artists.append(axes[row, index].imshow(image[..., 0], cmap="gray", vmin=0,
+                                                       vmax=1, animated=True))
+        label = (f"given frame {step + 1}" if future < 0
+                 else f"frame {step + 1}: truth (top), predicted (bottom)")
+        artists.append(figure.text(0.5, 0.02, label, ha="center", fontsize=8))
+        pictures.append(artists)
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    ArtistAnimation(figure, pictures).save(
+        path, writer=PillowWriter(fps=1 / seconds_per_frame), dpi=80)
     plt.close(figure)
     return path

@@ -22,7 +22,7 @@ by tensors, so the exported SavedModel translates raw strings by itself:
 
 The app contract the shared core relies on: `NAME`, `Config`, `PRESETS`, `SMOKE`, `MONITOR`,
 `EXAMPLES`, `load_data`, `build_model`, `search_space`, `export_signatures`,
-`prediction_request`, `describe_prediction`, `evaluation_report` and `headline`.
+`prediction_request`, `warmup_requests`, `describe_prediction`, `evaluation_report` and `headline`.
 """
 
 import dataclasses
@@ -58,6 +58,9 @@ class Config:
     data_dir: str = ""
     # eng-spa: English to Spanish; spa-eng: Spanish to English.
     direction: str = "eng-spa"
+    # Pairs read from the start of the file, which runs from short sentences to long ones
+    # (0: all of them).
+    max_pairs: int = 0
     # Shares of the distinct source sentences held out (all translations of a sentence go to
     # the same split).
     validation_fraction: float = 0.05
@@ -93,11 +96,15 @@ class Config:
 
 
 # A tiny preset for tests and the demo: seconds, not minutes.
-SMOKE = Config(source_vocabulary_size=2000, target_vocabulary_size=2000, max_source_length=20,
+SMOKE = Config(max_pairs=3000, source_vocabulary_size=2000, target_vocabulary_size=2000, max_source_length=20,
                max_target_length=20, embedding_dim=32, hidden_units=32, batch_size=32,
                learning_rate=3e-3, epochs=10, validation_fraction=0.1, test_fraction=0.1)
 # Named presets (`elman train translation --preset NAME`): "default" is the best measured.
-PRESETS = {"default": Config(), "demo": SMOKE, "smoke": SMOKE}
+# What `elman demo` trains: the first 30,000 pairs of the file (its short sentences, all in the
+# shipped sample), about two minutes on 2 cores; BLEU 22 and chrF 40 on the held-out pairs.
+DEMO = dataclasses.replace(SMOKE, max_pairs=30000, embedding_dim=64, hidden_units=128,
+                           batch_size=64, epochs=6)
+PRESETS = {"default": Config(), "demo": DEMO, "smoke": SMOKE}
 
 
 def search_space(hp, config):
@@ -182,8 +189,10 @@ def load_data(config):
     if config.direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, "
                          f"received direction={config.direction!r}")
+    if config.max_pairs < 0:
+        raise ValueError(f"max_pairs must be 0 (all) or positive, received {config.max_pairs}")
     loaded = load_anki(config.data_dir or None)
-    pairs = loaded["pairs"]
+    pairs = loaded["pairs"][:config.max_pairs or None]
     if config.direction == "spa-eng":
         pairs = [(spanish, english) for english, spanish in pairs]
     splits = split_by_source(pairs, lambda pair: _source_key(pair[0]),
@@ -452,6 +461,13 @@ def prediction_request(inputs):
     if not inputs:
         raise ValueError("elman predict translation expects one or more sentences, received none")
     return {"sentence": tf.constant(list(inputs), tf.string)}
+
+
+def warmup_requests():
+    """`{signature: inputs}` that TF Serving replays when it loads the model: the examples."""
+    request = prediction_request(EXAMPLES)
+    return {"serving_default": request,
+            "beam_search": {**request, "beam_width": tf.constant(Config.beam_width)}}
 
 
 def describe_prediction(inputs, outputs):
