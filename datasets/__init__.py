@@ -7,6 +7,7 @@ copy is missing and a network is there, and otherwise falls back to a small samp
 """
 
 import os
+import socket
 from pathlib import Path
 
 DATA_DIR_VARIABLE = "ELMAN_DATA_DIR"
@@ -27,3 +28,16 @@ def resolve_data_dir(data_dir=None):
         source = "data_dir" if data_dir else DATA_DIR_VARIABLE
         raise ValueError(f"{source} must name an existing directory, received {source}={chosen!r}")
     return path
+
+
+def network_problem(host="storage.googleapis.com", port=443, timeout=5.0):
+    """Why the data sets cannot be downloaded now, or `None` when `host` answers.
+
+    One TCP connection, bounded by `timeout` seconds, to a host that serves the canonical
+    archives: without a network, the loaders would otherwise each wait for their own failure.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as error:
+        return f"no network ({host}:{port} did not answer: {error})"

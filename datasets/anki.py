@@ -9,13 +9,15 @@ Where it is read from, in order:
 1. `<data_dir>/anki/spa-eng.zip` (the layout of the project's shared data folder), or
    `<data_dir>/spa-eng.zip`, or the extracted `<data_dir>/spa-eng/spa.txt`;
 2. the canonical archive, downloaded into `<data_dir>` (needs a network);
-3. with no data directory at all, the sample shipped with elman (every 40th pair).
+3. with no data directory at all, the sample shipped with elman (the first 30,000 pairs, then
+   every 40th).
 """
 
 import gzip
 import hashlib
 import io
 import zipfile
+from pathlib import Path
 
 from elman.datasets import SAMPLES_DIR, resolve_data_dir
 
@@ -51,7 +53,8 @@ def _download(data_dir):
     """Downloads the canonical archive into `data_dir`; returns its path."""
     import keras
 
-    return keras.utils.get_file("spa-eng.zip", URL, cache_dir=str(data_dir), cache_subdir=".")
+    return Path(keras.utils.get_file("spa-eng.zip", URL, cache_dir=str(data_dir),
+                                     cache_subdir="."))
 
 
 def load_anki(data_dir=None, download=True):

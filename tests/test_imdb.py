@@ -118,19 +118,6 @@ def test_standardize_review():
     assert [text.decode() for text in cleaned.numpy()] == ["great movie ", "été café", " "]
 
 
-def test_the_demo_preset_learns_the_sample():
-    """What `elman demo` trains: at least 80% on the sample's 1,000 held-out test reviews
-    (chance is 50%), and the two example reviews on their side by a clear margin."""
-    keras.utils.set_random_seed(0)
-    data = app.load_data(app.PRESETS["demo"])
-    model = app.build_model(app.PRESETS["demo"], data)
-    model.fit(data.train, validation_data=data.validation, epochs=app.PRESETS["demo"].epochs,
-              verbose=0)
-    assert model.evaluate(data.test, return_dict=True, verbose=0)["accuracy"] >= 0.8
-    positive, negative = model.predict(tf.constant(app.EXAMPLES), verbose=0)[:, 0]
-    assert positive > 0.7 and negative < 0.3
-
-
 # Data sources.
 
 def _write_csv(path, rows):
@@ -343,24 +330,6 @@ def test_cli_errors_are_clear(tmp_path, capsys, monkeypatch):
     assert "elman export imdb" in capsys.readouterr().err
     assert main(["evaluate", "imdb"]) == 2
     assert "elman train imdb" in capsys.readouterr().err
-
-
-def test_demo_trains_exports_and_predicts(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert main(["demo", "--apps", "imdb"]) == 0
-    printed = capsys.readouterr().out
-    assert "the demo preset on the shipped sample" in printed
-    assert (tmp_path / "saved_models" / "imdb" / "1" / "saved_model.pb").is_file()
-    assert printed.count("p(positive)=") == len(app.EXAMPLES)
-    assert (tmp_path / "runs" / "imdb-demo" / "evaluation.json").is_file()
-    # The summary: the result beside the baseline, the export, and what to try next.
-    summary = printed[printed.index("=== summary: 1 apps in"):]
-    accuracy = json.loads((tmp_path / "runs" / "imdb-demo" / "evaluation.json").read_text())[
-        "accuracy"]
-    assert f"result:      test accuracy {accuracy:.1%}" in summary
-    assert "baseline:    one label for every review: 50.0%" in summary
-    assert "SavedModel:  saved_models/imdb/1" in summary
-    assert "try:         elman predict imdb 'A moving, beautifully acted film." in summary
 
 
 # Length buckets and ensembles.
