@@ -6,7 +6,8 @@ Starts `elman serve` on a free port of 127.0.0.1 as a child process, then for ea
 per request, TF Serving's columnar JSON), checks every answer against what
 `tf.saved_model.load` gives for the same input (an answer that differs is an error), and
 reports requests/s, p50/p99 latency and errors; then the same with the signature called
-directly by as many threads. With `--export-during APP`, a new version of APP is written
+directly by as many threads; then one client alone, through the server and in process (the
+latency a single user sees). With `--export-during APP`, a new version of APP is written
 halfway through (copied under a hidden name and renamed into place, as `elman export` does):
 the run reports when it was served, and every answer before and after must still be right.
 
@@ -21,6 +22,7 @@ sentences of the Anki sample, 10 frames of moving shapes, synthetic or Flickr8k 
 
 import argparse
 import base64
+import gc
 import http.client
 import json
 import os
@@ -151,6 +153,7 @@ def measure(name, args, host, port):
     bodies = [json.dumps({"inputs": {key: to_json(value) for key, value in request.items()}})
               for request in requests]
     expected = [signature(**request) for request in requests]
+    gc.freeze()  # As elman serve does: no collector pauses over the loaded model's objects.
 
     def send(index, state):
         if "connection" not in state:
@@ -188,6 +191,13 @@ def measure(name, args, host, port):
 
     direct_latencies, direct_errors, direct_rate = run_clients(args.clients,
                                                                min(args.seconds, 10), direct)
+    # One request at a time: the latency a single user sees, with and without HTTP.
+    alone = {}
+    for way, function in (("http", send), ("in_process", direct)):
+        latencies_alone, errors_alone, _ = run_clients(1, min(args.seconds, 10), function)
+        alone[way] = {"p50_ms": float(np.percentile(latencies_alone, 50)),
+                      "p99_ms": float(np.percentile(latencies_alone, 99)),
+                      "errors": len(errors_alone)}
     result = {
         "app": name, "version": version, "requests": description, "clients": args.clients,
         "seconds": args.seconds, "http": {
@@ -198,6 +208,7 @@ def measure(name, args, host, port):
             "requests_per_s": direct_rate, "errors": len(direct_errors),
             "p50_ms": float(np.percentile(direct_latencies, 50)),
             "p99_ms": float(np.percentile(direct_latencies, 99))},
+        "one_client": alone,
     }
     if args.export_during == name:
         result["new_version"] = {key: swap.get(key) for key in ("version", "served_after_s")}
@@ -206,7 +217,10 @@ def measure(name, args, host, port):
           f"p99 {result['http']['p99_ms']:.2f} ms, {len(errors)} errors of {len(latencies)}"
           + (f" (first: {errors[0]})" if errors else "") + "\n"
           f"  in process:  {direct_rate:.0f} requests/s, p50 "
-          f"{result['in_process']['p50_ms']:.2f} ms, p99 {result['in_process']['p99_ms']:.2f} ms",
+          f"{result['in_process']['p50_ms']:.2f} ms, p99 {result['in_process']['p99_ms']:.2f} ms\n"
+          f"  one client:  elman serve p50 {alone['http']['p50_ms']:.2f} ms, p99 "
+          f"{alone['http']['p99_ms']:.2f} ms ({alone['http']['errors']} errors); in process p50 "
+          f"{alone['in_process']['p50_ms']:.2f} ms, p99 {alone['in_process']['p99_ms']:.2f} ms",
           flush=True)
     if "new_version" in result:
         print(f"  version {swap.get('version')} written halfway: served "

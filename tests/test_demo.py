@@ -118,6 +118,9 @@ def test_the_demo_learns_every_app_and_ends_with_a_summary(no_data_dir, tmp_path
     beam = next(key for key in captions if key.startswith("beam"))
     assert captions[beam]["bleu4"] > captions["other_images"]["bleu4"] + 5
 
+    # Progress: which app, and the time left, estimated from the measured demo.
+    assert "=== 1/4 imdb: the demo preset on the shipped sample" in printed
+    assert re.search(r"=== 2/4 translation: .*\(\d+ s so far, about \d+ s left\)", printed)
     summary = printed[printed.index("=== summary: 4 apps in"):]
     for name, picture in (("imdb", "predictions.tsv"), ("translation", "translations.tsv"),
                           ("nextframe", "predictions.gif"), ("captioning", "contact_sheet.html")):

@@ -216,6 +216,11 @@ BAD_REQUESTS = [
      "int32's range"),
     ("translation", {"signature_name": "beam_search", "inputs": {"sentence": ["Hi."]}}, 400,
      "missing: ['beam_width']"),
+    ("translation", {"signature_name": "beam_search",
+                     "inputs": {"sentence": ["Hi."], "beam_width": None}}, 400, "'beam_width']"),
+    ("translation", {"signature_name": "beam_search",
+                     "inputs": {"sentence": ["Hi."], "beam_width": True}}, 400,
+     "'beam_width']: expected numbers"),
     ("nextframe", {"inputs": {"frames": [[[[0.5]]]], "num_frames": 2}}, 400,
      "'frames']: expected shape [?, ?, 64, 64, 1]"),
     ("nextframe", {"inputs": {"frames": np.full((1, 2, 64, 64, 1), 3.0).tolist(),
@@ -368,6 +373,6 @@ def test_a_short_load_run_has_no_errors_and_serves_a_new_version_whole(base_dir,
                json.loads((tmp_path / "load.json").read_text())}
     for result in results.values():
         assert result["http"]["requests"] > 4 and result["http"]["errors"] == 0, result
-        assert result["in_process"]["errors"] == 0
+        assert result["in_process"]["errors"] == 0 and result["one_client"]["http"]["errors"] == 0
     assert results["imdb"]["new_version"]["version"] == 2
     assert results["imdb"]["new_version"]["served_after_s"] < 4

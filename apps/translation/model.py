@@ -101,9 +101,9 @@ SMOKE = Config(max_pairs=3000, source_vocabulary_size=2000, target_vocabulary_si
                learning_rate=3e-3, epochs=10, validation_fraction=0.1, test_fraction=0.1)
 # Named presets (`elman train translation --preset NAME`): "default" is the best measured.
 # What `elman demo` trains: the first 30,000 pairs of the file (its short sentences, all in the
-# shipped sample), about two minutes on 2 cores; BLEU 22 and chrF 40 on the held-out pairs.
+# shipped sample), about two minutes on 2 cores (docs/experiments.md has the variants measured).
 DEMO = dataclasses.replace(SMOKE, max_pairs=30000, embedding_dim=64, hidden_units=128,
-                           batch_size=64, epochs=6)
+                           batch_size=64, epochs=8)
 PRESETS = {"default": Config(), "demo": DEMO, "smoke": SMOKE}
 
 
