@@ -21,7 +21,6 @@ sentences of the Anki sample, 10 frames of moving shapes, synthetic or Flickr8k 
 """
 
 import argparse
-import base64
 import gc
 import http.client
 import json
@@ -41,21 +40,7 @@ import tensorflow as tf  # noqa: E402
 from serving_latency import REQUESTS  # noqa: E402
 
 from elman import export  # noqa: E402
-
-
-def to_json(tensor):
-    array = np.asarray(tensor.numpy())
-    if array.dtype.kind not in "SO":
-        return array.tolist()
-
-    def one(item):
-        try:
-            return item.decode("utf-8")
-        except UnicodeDecodeError:
-            return {"b64": base64.b64encode(item).decode()}
-
-    return np.vectorize(one, otypes=[object])(array.astype(object)).tolist() if array.ndim \
-        else one(array.item())
+from elman.serving import request_value  # noqa: E402
 
 
 def same(reply, expected):
@@ -150,7 +135,8 @@ def measure(name, args, host, port):
     loaded, version = export.load_saved_model(name, args.base_dir)
     signature = loaded.signatures["serving_default"]
     requests, _, description = REQUESTS[name](64)
-    bodies = [json.dumps({"inputs": {key: to_json(value) for key, value in request.items()}})
+    bodies = [json.dumps({"inputs": {key: request_value(value)
+                                     for key, value in request.items()}})
               for request in requests]
     expected = [signature(**request) for request in requests]
     gc.freeze()  # As elman serve does: no collector pauses over the loaded model's objects.

@@ -325,7 +325,6 @@ def _demo(args):
 
     from elman import export, training
     from elman.apps import get_app, get_preset
-    from elman.datasets import resolve_data_dir
 
     data_dir = _demo_data_dir(args)
     preset = args.preset

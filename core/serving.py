@@ -220,6 +220,24 @@ def to_json(tensor, name):
     return array.tolist()
 
 
+def request_value(tensor):
+    """A tensor as a TF Serving client writes it in a request's JSON: numbers as numbers, UTF-8
+    text as text, other bytes (images) as `{"b64": ...}`. For tests, benchmarks and clients."""
+    array = np.asarray(tensor.numpy() if isinstance(tensor, tf.Tensor) else tensor)
+    if array.dtype.kind not in "SO":
+        return array.tolist()
+
+    def one(item):
+        try:
+            return item.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(item).decode()}
+
+    if not array.ndim:
+        return one(array.item())
+    return np.vectorize(one, otypes=[object])(array.astype(object)).tolist()
+
+
 def _named_inputs(value, specs, where):
     """The inputs of one row (an instance) or of the columnar "inputs": `{name: value}`."""
     if isinstance(value, dict) and not (set(value) == {"b64"} and len(specs) == 1):

@@ -19,6 +19,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 
 from elman import export, serving, tf_serving
+from elman.serving import request_value
 from elman.apps import APP_MODULES, get_app
 
 APPS = tuple(APP_MODULES)
@@ -52,23 +53,6 @@ def call(server, path, body=None, method=None):
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
-
-
-def as_json(tensor):
-    """A request tensor as a TF Serving client writes it: text as text, other bytes as b64."""
-    array = np.asarray(tensor.numpy())
-    if array.dtype.kind in "SO":
-        array = array.astype(object)
-    if array.dtype != object:
-        return array.tolist()
-
-    def one(item):
-        try:
-            return item.decode("utf-8")
-        except UnicodeDecodeError:
-            return {"b64": base64.b64encode(item).decode()}
-
-    return np.vectorize(one, otypes=[object])(array).tolist() if array.ndim else one(array.item())
 
 
 def assert_same(served, expected):
@@ -136,7 +120,7 @@ def test_every_signature_answers_tf_serving_json_as_the_saved_model_does(server,
         # Columnar: {"inputs": {name: value}} -> {"outputs": {name: value}}.
         status, reply = call(server, f"/v1/models/{name}:predict", {
             "signature_name": signature_name,
-            "inputs": {key: as_json(value) for key, value in inputs.items()}})
+            "inputs": {key: request_value(value) for key, value in inputs.items()}})
         assert status == 200, reply
         outputs = reply["outputs"] if len(expected) > 1 else {
             next(iter(expected)): reply["outputs"]}  # One output: its value alone.
@@ -146,12 +130,12 @@ def test_every_signature_answers_tf_serving_json_as_the_saved_model_does(server,
         # are all batched; a scalar input (beam_width) needs the columnar format.
         scalars = [key for key, value in inputs.items() if value.shape.rank == 0]
         if len(inputs) == 1:
-            rows = as_json(next(iter(inputs.values())))
+            rows = request_value(next(iter(inputs.values())))
         else:
-            rows = [{key: as_json(value[index]) for key, value in inputs.items()
+            rows = [{key: request_value(value[index]) for key, value in inputs.items()
                      if key not in scalars} for index in range(len(expected[next(iter(expected))]))]
             for row in rows:
-                row.update({key: as_json(inputs[key]) for key in scalars})
+                row.update({key: request_value(inputs[key]) for key in scalars})
         status, reply = call(server, f"/v1/models/{name}/versions/1:predict",
                              {"signature_name": signature_name, "instances": rows})
         if scalars:
