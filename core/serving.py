@@ -25,6 +25,7 @@ import base64
 import gc
 import json
 import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -405,11 +406,21 @@ class Server:
     def __init__(self, base_dir, host="127.0.0.1", port=DEFAULT_PORT, poll_seconds=1.0,
                  max_request_bytes=DEFAULT_MAX_REQUEST_BYTES, log=print):
         self.repository = ModelRepository(base_dir, log)
+        # The port first: a busy one fails at once, before any model is loaded. The socket is
+        # bound here, as Werkzeug would end the process on an error of its own binding.
+        try:
+            listening = socket.create_server((host, port))
+        except OSError as error:
+            raise ValueError(f"cannot listen on {host}:{port} ({error.strerror or error}): "
+                             "pick another --port (0: any free one) or --host") from error
+        with listening:
+            self.http = make_server(host, port,
+                                    RestApplication(self.repository, max_request_bytes),
+                                    threaded=True, request_handler=_QuietHandler,
+                                    fd=listening.fileno())
         self.repository.poll()
         self.poll_seconds = poll_seconds
-        self.http = make_server(host, port, RestApplication(self.repository, max_request_bytes),
-                                threaded=True, request_handler=_QuietHandler)
-        self.port = self.http.server_port
+        self.port = self.http.port  # Werkzeug reads it from the socket (port 0: the one chosen)
         self.url = f"http://{host}:{self.port}"
         self._stopped = threading.Event()
         self._threads = []

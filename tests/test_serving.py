@@ -360,3 +360,18 @@ def test_a_short_load_run_has_no_errors_and_serves_a_new_version_whole(base_dir,
         assert result["in_process"]["errors"] == 0 and result["one_client"]["http"]["errors"] == 0
     assert results["imdb"]["new_version"]["version"] == 2
     assert results["imdb"]["new_version"]["served_after_s"] < 4
+
+
+def test_a_busy_port_is_a_one_line_error(tmp_path, capsys):
+    import socket
+
+    from elman.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--base-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"elman: error: cannot listen on 127.0.0.1:{port} (")
+    assert "pick another --port" in error and len(error.strip().splitlines()) == 1
