@@ -318,6 +318,13 @@ def _demo_progress(apps, number, elapsed, estimate=True):
     return f"{elapsed:.0f} s so far, about {left * pace:.0f} s left"
 
 
+def _demo_train(app, config, run_dir, args, preset):
+    from elman import training
+
+    return training.train(app, config, run_dir, verbose=2, command=args.command_line,
+                          preset=preset)[0]
+
+
 def _demo(args):
     import dataclasses
     import shlex
@@ -346,8 +353,7 @@ def _demo(args):
         # train() reads the data itself, so that the demo trains exactly what `elman train APP
         # --preset demo` trains (the same random draws in the same order).
         try:
-            model, _ = training.train(app, config, run_dir, verbose=2,
-                                      command=args.command_line, preset=preset)
+            model = _demo_train(app, config, run_dir, args, preset)
         except FileNotFoundError as error:
             if not args.download:
                 raise
@@ -355,8 +361,7 @@ def _demo(args):
             print(f"[elman] {name}: using the shipped data, as the real data could not be "
                   f"read or downloaded: {error}")
             config = dataclasses.replace(config, data_dir="")
-            model, _ = training.train(app, config, run_dir, verbose=2,
-                                      command=args.command_line, preset=preset)
+            model = _demo_train(app, config, run_dir, args, preset)
         print(f"[elman] {name}: step 2/3, evaluating on the test split")
         metrics = training.evaluate(app, model, app.load_data(config), run_dir, config)
         print(f"[elman] {name}: test " + training.format_metrics(metrics))

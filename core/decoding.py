@@ -138,6 +138,13 @@ def check_beam_width(beam_width, maximum):
                                            message=f"beam_width must be at most {maximum}")]
 
 
+def warmup_requests(request, beam_width):
+    """The warmup requests of an app with `serving_default` and `beam_search` signatures:
+    `request` (the examples' inputs) for both, with `beam_width` (int32) for the beam."""
+    return {"serving_default": request,
+            "beam_search": {**request, "beam_width": tf.constant(beam_width, tf.int32)}}
+
+
 def decode_in_batches(function, inputs, batch_size=256):
     """Runs a function of `(batch, ...)` inputs returning `(batch,)` strings over `inputs` (a
     list or an array) in batches; returns `str`s."""

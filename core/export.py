@@ -3,8 +3,9 @@
 `export(app, model)` writes `saved_models/<app>/<version>/` with the app's named signatures and
 TF Serving's warmup requests, and (re)writes `saved_models/models.config` and `batching.config`
 (see `elman.tf_serving`). The SavedModel is first written under a hidden temporary name in the
-same folder and renamed into place when complete: TensorFlow Serving only loads integer-named folders, and a rename within one
-file system is atomic, so a half-written version is never seen, even if the export is killed.
+same folder and renamed into place when complete: TensorFlow Serving only loads integer-named
+folders, and a rename within one file system is atomic, so a half-written version is never
+seen, even if the export is killed.
 """
 
 import os

@@ -34,11 +34,11 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from elman.export import model_error_message
+from elman.export import model_error_message, versions
 
 DEFAULT_PORT = 8501  # TF Serving's REST port.
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
@@ -72,10 +72,11 @@ class Servable:
         return self.signatures[signature_name].structured_input_signature[1]
 
 
-def _versions(model_dir):
-    """The complete versions under `model_dir`: integer-named folders holding a SavedModel."""
-    return sorted(int(path.name) for path in model_dir.iterdir()
-                  if path.name.isdigit() and (path / "saved_model.pb").is_file())
+def _complete_versions(model_dir):
+    """The versions under `model_dir` whose `saved_model.pb` is there (a copy by other means than
+    `elman export` may still be under way)."""
+    return [version for version in versions(model_dir)
+            if (model_dir / str(version) / "saved_model.pb").is_file()]
 
 
 class ModelRepository:
@@ -90,7 +91,7 @@ class ModelRepository:
         self.base_dir = Path(base_dir)
         self.log = log
         self._servables = {}
-        self._failed = {}  # (name, version) -> the error of its last loading attempt.
+        self._failed = set()  # (name, version) pairs that failed to load, said once.
         self._lock = threading.Lock()
 
     def poll(self):
@@ -100,20 +101,21 @@ class ModelRepository:
         if not self.base_dir.is_dir():
             return loaded
         for model_dir in sorted(path for path in self.base_dir.iterdir() if path.is_dir()):
-            versions = _versions(model_dir)
+            present = _complete_versions(model_dir)
             current = self._servables.get(model_dir.name)
-            if not versions or (current and current.version >= versions[-1]):
+            if not present or (current and current.version >= present[-1]):
                 continue
-            key = (model_dir.name, versions[-1])
+            newest = present[-1]
+            key = (model_dir.name, newest)
             try:
-                servable = Servable(model_dir.name, versions[-1], model_dir / str(versions[-1]))
+                servable = Servable(model_dir.name, newest, model_dir / str(newest))
             except Exception as error:  # A broken or unfinished copy must not stop the others.
                 # Tried again at every poll (a copy may still be under way), said once.
                 if key not in self._failed:
-                    self.log(f"[elman] serve: cannot load {model_dir / str(versions[-1])} yet "
+                    self.log(f"[elman] serve: cannot load {model_dir / str(newest)} yet "
                              f"(still serving the version before): {type(error).__name__}: "
                              f"{str(error).splitlines()[0] if str(error) else ''}")
-                self._failed[key] = error
+                self._failed.add(key)
                 continue
             with self._lock:
                 self._servables[model_dir.name] = servable
@@ -122,7 +124,7 @@ class ModelRepository:
             # request now and then (250 ms pauses with next-frame's 40,960-number inputs).
             gc.freeze()
             loaded.append(key)
-            self.log(f"[elman] serve: serving {model_dir.name} version {versions[-1]} "
+            self.log(f"[elman] serve: serving {model_dir.name} version {newest} "
                      f"(signatures: {', '.join(sorted(servable.signatures))})")
         return loaded
 
@@ -350,10 +352,7 @@ class RestApplication:
         if request.method == "GET" and rest in (None, "/metadata"):
             return metadata(servable) if rest else status(servable)
         if request.method == "POST" and rest == ":predict":
-            if request.content_length is not None and \
-                    request.content_length > self.max_request_bytes:
-                raise RequestError(f"the request has {request.content_length} bytes, more "
-                                   f"than the limit of {self.max_request_bytes}", 413)
+            # Werkzeug refuses a body over `max_content_length` before reading it (413).
             data = request.get_data(cache=False)
             try:
                 body = json.loads(data)
@@ -372,8 +371,9 @@ class RestApplication:
             body, code = self.respond(request), 200
         except RequestError as error:
             body, code = {"error": str(error)}, error.status
-        except HTTPException as error:  # Werkzeug's own, e.g. a body over the size limit.
-            body, code = {"error": error.description}, error.code
+        except RequestEntityTooLarge:
+            body, code = {"error": f"the request is larger than the limit of "
+                                   f"{self.max_request_bytes} bytes"}, 413
         response = Response(json.dumps(body), status=code, mimetype="application/json")
         return response(environ, start_response)
 

@@ -21,6 +21,7 @@ wire format is what TF Serving reads), and the tests parse what it writes with t
 `tensorflow-serving-api` protos.
 """
 
+import functools
 import os
 import uuid
 from pathlib import Path
@@ -40,6 +41,7 @@ BATCHING_PARAMETERS = {"max_batch_size": 32, "batch_timeout_micros": 2000,
                        "num_batch_threads": 2, "max_enqueued_batches": 100}
 
 
+@functools.cache
 def _wire_messages():
     """`{name: class}` of ModelSpec, PredictRequest, PredictLog and PredictionLog, with the
     field numbers of TF Serving's protos (a package of elman's own, so that they never clash
@@ -72,10 +74,7 @@ def _wire_messages():
     add(file.message_type.add(name="PredictionLog"),
         [("predict_log", 6, message, prefix + "PredictLog", one)])
     pool = descriptor_pool.Default()
-    try:
-        pool.FindFileByName(file.name)
-    except KeyError:
-        pool.Add(file)
+    pool.Add(file)
     return {name: message_factory.GetMessageClass(
         pool.FindMessageTypeByName(f"elman.tf_serving_wire.{name}"))
         for name in ("ModelSpec", "PredictRequest", "PredictLog", "PredictionLog")}

@@ -49,8 +49,9 @@ def overfit(data):
         if inputs["source"].numpy() not in sources and len(chosen) < 16:
             sources.add(inputs["source"].numpy())
             chosen.append((inputs, labels))
-    inputs, labels = next(iter(tf.data.Dataset.from_generator(
-        lambda: iter(chosen), output_signature=data.validation.unbatch().element_spec).padded_batch(16)))
+    chosen_pairs = tf.data.Dataset.from_generator(
+        lambda: iter(chosen), output_signature=data.validation.unbatch().element_spec)
+    inputs, labels = next(iter(chosen_pairs.padded_batch(16)))
     model = app.build_model(config, data)
     batch = tf.data.Dataset.from_tensors((inputs, labels))
     model.fit(batch.repeat(400), verbose=0)

@@ -582,9 +582,7 @@ def prediction_request(inputs):
 
 def warmup_requests():
     """`{signature: inputs}` that TF Serving replays when it loads the model: the examples."""
-    request = prediction_request(EXAMPLES)
-    return {"serving_default": request,
-            "beam_search": {**request, "beam_width": tf.constant(Config.beam_width)}}
+    return decoding.warmup_requests(prediction_request(EXAMPLES), Config.beam_width)
 
 
 def describe_prediction(inputs, outputs):

@@ -95,10 +95,11 @@ class Config:
     seed: int = 0
 
 
-# A tiny preset for tests and the demo: seconds, not minutes.
-SMOKE = Config(max_pairs=3000, source_vocabulary_size=2000, target_vocabulary_size=2000, max_source_length=20,
-               max_target_length=20, embedding_dim=32, hidden_units=32, batch_size=32,
-               learning_rate=3e-3, epochs=10, validation_fraction=0.1, test_fraction=0.1)
+# A tiny preset for tests: seconds, not minutes.
+SMOKE = Config(max_pairs=3000, source_vocabulary_size=2000, target_vocabulary_size=2000,
+               max_source_length=20, max_target_length=20, embedding_dim=32, hidden_units=32,
+               batch_size=32, learning_rate=3e-3, epochs=10, validation_fraction=0.1,
+               test_fraction=0.1)
 # Named presets (`elman train translation --preset NAME`): "default" is the best measured.
 # What `elman demo` trains: the first 30,000 pairs of the file (its short sentences, all in the
 # shipped sample), about two minutes on 2 cores (docs/experiments.md has the variants measured).
@@ -465,9 +466,7 @@ def prediction_request(inputs):
 
 def warmup_requests():
     """`{signature: inputs}` that TF Serving replays when it loads the model: the examples."""
-    request = prediction_request(EXAMPLES)
-    return {"serving_default": request,
-            "beam_search": {**request, "beam_width": tf.constant(Config.beam_width)}}
+    return decoding.warmup_requests(prediction_request(EXAMPLES), Config.beam_width)
 
 
 def describe_prediction(inputs, outputs):
