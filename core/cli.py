@@ -25,7 +25,8 @@ examples:
   elman train imdb --config runs/imdb-tune/best_config.json
   elman export imdb                            saved_models/imdb/<next version>/
   elman predict imdb "A wonderful film."       run the exported model
-  elman serve                                  TF Serving's REST API on 127.0.0.1:8501
+  elman serve                                  TF Serving's REST API on 127.0.0.1:8501, and
+                                               a page to try the models at its /
   elman train translation --set direction=spa-eng
   elman evaluate translation                   BLEU and chrF, greedy and beam search
   elman translate "Where is the station?" --beam-width 4
@@ -160,12 +161,14 @@ def build_parser():
     _add_base_dir(predict)
 
     serve = commands.add_parser(
-        "serve", help="serve the exports with TensorFlow Serving's REST API",
+        "serve", help="serve the exports with TensorFlow Serving's REST API and a page to try "
+        "them",
         description="Serve the newest version of every model under --base-dir with TensorFlow "
         "Serving's REST API (POST /v1/models/NAME:predict, GET /v1/models/NAME[/metadata]), "
         "loading new versions as they are exported. A client written for TF Serving works "
         "unchanged; `elman export` also writes the models.config for the tensorflow/serving "
-        "docker image (see the README).")
+        "docker image (see the README). Open http://127.0.0.1:8501/ in a browser for a page "
+        "with one panel per app: type a review or a sentence, drop a photo, play a sequence.")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8501,
@@ -381,7 +384,8 @@ def _demo(args):
         print(f"{name} ({seconds:.0f} s)\n  result:      {result}\n  baseline:    {baseline}\n"
               f"  SavedModel:  {path}\n  look at:     {pictures}\n  try:         {command}")
     base = "" if args.base_dir == Path("saved_models") else f" --base-dir {args.base_dir}"
-    print(f"serve them with TF Serving's REST API: elman serve{base}, then e.g.\n"
+    print(f"serve them with TF Serving's REST API: elman serve{base}, then open "
+          f"http://127.0.0.1:8501/ to try them in a browser, or e.g.\n"
           f"  curl http://127.0.0.1:8501/v1/models/{rows[0][0]}/metadata   (README: Serving)")
 
 

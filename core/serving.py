@@ -6,6 +6,7 @@ The same requests a client sends to the `tensorflow/serving` image work here unc
                                                   optional "signature_name"
     GET  /v1/models/NAME[/versions/N]             the version's status
     GET  /v1/models/NAME[/versions/N]/metadata    its signature defs
+    GET  /                                        a page to try the models (`elman.page`)
 
 Binary strings (image bytes) travel as `{"b64": "..."}`; errors come back as
 `{"error": "..."}` with HTTP 400 for bad input and 404 for an unknown model or version.
@@ -38,6 +39,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from elman import page
 from elman.export import model_error_message, versions
 
 DEFAULT_PORT = 8501  # TF Serving's REST port.
@@ -340,6 +342,24 @@ class RestApplication:
         self.repository = repository
         self.max_request_bytes = max_request_bytes
 
+    def page(self, request):
+        """The page at `/`, its files and its examples (`elman.page`)."""
+        try:
+            found = page.respond(request.path)
+        except page.NotFound as error:
+            found = None
+            message = str(error)
+        else:
+            message = f"Malformed request: GET {request.path} (the page is at /)"
+        if found is None:
+            return Response(json.dumps({"error": message}), status=404,
+                            mimetype="application/json")
+        content, content_type = found
+        # The examples are computed once per process; the page's files may change with an
+        # upgrade, so the browser asks again each time (small files, from the local disk).
+        return Response(content, content_type=content_type,
+                        headers={"Cache-Control": "no-cache"})
+
     def respond(self, request):
         match = ROUTE.match(request.path)
         if match is None:
@@ -367,6 +387,8 @@ class RestApplication:
     def __call__(self, environ, start_response):
         request = Request(environ)
         request.max_content_length = self.max_request_bytes
+        if request.method == "GET" and not request.path.startswith("/v1/"):
+            return self.page(request)(environ, start_response)
         try:
             body, code = self.respond(request), 200
         except RequestError as error:
@@ -459,8 +481,9 @@ def serve(base_dir, host="127.0.0.1", port=DEFAULT_PORT, poll_seconds=1.0,
     print(f"[elman] serve: TF Serving's REST API at {server.url} for "
           + (", ".join(names) if names else f"no model yet (export one into {base_dir})"),
           flush=True)
+    print(f"[elman] serve: try them in a browser at {server.url}/", flush=True)
     if names:
-        print(f"[elman] serve: try  curl {server.url}/v1/models/{names[0]}/metadata", flush=True)
+        print(f"[elman] serve: or   curl {server.url}/v1/models/{names[0]}/metadata", flush=True)
     server.start()
     try:
         while True:

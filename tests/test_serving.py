@@ -21,20 +21,14 @@ from google.protobuf import text_format
 from elman import export, serving, tf_serving
 from elman.serving import request_value
 from elman.apps import APP_MODULES, get_app
+from rest_client import call
 
 APPS = tuple(APP_MODULES)
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    """Every app's SMOKE model (untrained: serving is what is tested), exported once."""
-    base = tmp_path_factory.mktemp("serving") / "saved_models"
-    for name in APPS:
-        app = get_app(name)
-        tf.keras.utils.set_random_seed(0)
-        model = app.build_model(app.SMOKE, app.load_data(app.SMOKE))
-        export.export(app, model, base)
-    return base
+def base_dir(smoke_exports):
+    return smoke_exports
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +36,6 @@ def server(base_dir):
     with serving.Server(base_dir, port=0, poll_seconds=0.2, max_request_bytes=2 ** 20,
                         log=lambda *args: None) as running:
         yield running
-
-
-def call(server, path, body=None, method=None):
-    """`(HTTP status, JSON reply)`; `body` is JSON-encoded unless it is bytes."""
-    data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(server.url + path, data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def assert_same(served, expected):

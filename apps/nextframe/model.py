@@ -525,16 +525,21 @@ def _test_digits(data_dir):
     return moving_mnist.load_digits(data_dir or None)["test"]
 
 
+def example_sequence(index, config=None):
+    """Test sequence `index` -> `(input frames, true next frames)`, `(1, time, 64, 64, 1)`
+    float32 in [0, 1] each (`elman predict nextframe test:N` and the page's examples)."""
+    config = config or Config()
+    sequence = moving_mnist.moving_sequence(
+        _test_digits(config.data_dir), index, TEST_SEED,
+        config.input_frames + config.output_frames,
+        config.digits_per_sequence)[None, ..., None].astype("float32") / 255.0
+    return sequence[:, :config.input_frames], sequence[:, config.input_frames:]
+
+
 def _example(name, config=None):
     """`test:N` -> `(input frames, true next frames)` of test sequence N, or `.npy` frames."""
-    config = config or Config()
     if name.startswith("test:"):
-        index = int(name.split(":", 1)[1])
-        sequence = moving_mnist.moving_sequence(
-            _test_digits(config.data_dir), index, TEST_SEED,
-            config.input_frames + config.output_frames,
-            config.digits_per_sequence)[None, ..., None].astype("float32") / 255.0
-        return sequence[:, :config.input_frames], sequence[:, config.input_frames:]
+        return example_sequence(int(name.split(":", 1)[1]), config)
     path = Path(name)
     if not path.is_file():
         raise ValueError(f"expected a .npy file of frames or test:N, received {name!r}")
