@@ -122,6 +122,15 @@ def build_parser():
                        help="log BPTT figures of the first validation batch to TensorBoard "
                        "every epoch (gradient norm per step, spectral radius of W; see "
                        "elman.bptt.BPTTMonitor)")
+    train.add_argument("--strategy", choices=("none", "mirrored", "multi-worker"),
+                       default="none",
+                       help="tf.distribute strategy: mirrored (every device of this machine, or "
+                       "--devices), multi-worker (one process per machine, placed by TF_CONFIG; "
+                       "start the same command on every worker). The config's batch_size is "
+                       "the global one (docs/scale-out.md)")
+    train.add_argument("--devices", type=lambda text: [item for item in text.split(",") if item],
+                       help="for --strategy mirrored: comma-separated devices, e.g. "
+                       "/gpu:0,/gpu:1 (default: all)")
 
     evaluate = commands.add_parser("evaluate", help="test metrics of a trained run",
                                    description="Evaluate RUN_DIR/model.keras on the test split "
@@ -452,9 +461,13 @@ def dispatch(args):
             data = app.load_data(config)
             inputs, targets = next(iter(data.validation))
             callbacks.append(BPTTMonitor(inputs, targets, run_dir / "tensorboard"))
+        from elman import distribute
+
+        strategy = distribute.make_strategy(args.strategy, args.devices)
         training.train(app, config, run_dir, data=data, extra_callbacks=callbacks,
-                       command=args.command_line, preset=args.preset)
-        print(f"[elman] {app.NAME}: model saved to {run_dir / 'model.keras'}")
+                       command=args.command_line, preset=args.preset, strategy=strategy)
+        if distribute.is_chief(strategy):
+            print(f"[elman] {app.NAME}: model saved to {run_dir / 'model.keras'}")
     elif args.command == "evaluate":
         config = training.load_run_config(app, run_dir, args.data_dir)
         config = _evaluation_overrides(app, config, args.overrides)

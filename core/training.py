@@ -17,6 +17,7 @@ A run is repeatable: the same config (seed included) on the same machine gives t
 weights, bit for bit (`make_repeatable`).
 """
 
+import contextlib
 import json
 import shlex
 import sys
@@ -60,7 +61,11 @@ def monitor_mode(app, config=None):
     return "min" if "loss" in monitor(app, config) else "max"
 
 
-def _callbacks(app, config, run_dir, model):
+def _callbacks(app, config, run_dir, model, chief=True, state_dir=None):
+    """The run's callbacks. On a worker of a multi-worker run other than the chief (`chief`
+    false) only those that must run everywhere: the backup (kept in `state_dir`), weight
+    averaging and early stopping (every worker stops at the same epoch, from the same
+    all-reduced validation metrics)."""
     metric, mode = monitor(app, config), monitor_mode(app, config)
     # With an optimizer that keeps an average of the weights (`use_ema`, as IMDB's weight
     # averaging does), validation, the best checkpoint and early stopping see the averaged
@@ -68,20 +73,24 @@ def _callbacks(app, config, run_dir, model):
     # backup holds the raw weights a resumed run goes on from.
     averaging = ([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
                  if getattr(model.optimizer, "use_ema", False) else [])
+    backup = keras.callbacks.BackupAndRestore(str(Path(state_dir or run_dir) / "backup"))
+    stopping = keras.callbacks.EarlyStopping(monitor=metric, mode=mode, patience=config.patience,
+                                             restore_best_weights=True)
+    if not chief:
+        return [backup, *averaging, stopping]
     return [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        backup,
         *averaging,
         keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=metric, mode=mode,
                                         save_best_only=True),
-        keras.callbacks.EarlyStopping(monitor=metric, mode=mode, patience=config.patience,
-                                      restore_best_weights=True),
+        stopping,
         keras.callbacks.CSVLogger(str(run_dir / "training.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard")),
     ]
 
 
 def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbose="auto",
-          command=None, preset="default", recurrent_layer=None):
+          command=None, preset="default", recurrent_layer=None, strategy=None):
     """Trains `app` with `config`, writing everything into `run_dir`.
 
     Running the same command again after an interruption resumes from the last completed epoch.
@@ -99,25 +108,38 @@ def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbo
         recurrent_layer: passed to `app.build_model` (a benchmark's reference layer); the
             model is built exactly as `elman train` builds it, in the same order of random
             draws, so that a benchmark's figures are those of `elman train`.
+        strategy: a `tf.distribute` strategy to build and train the model under
+            (`elman.distribute.make_strategy`); the config's batch size is the global one.
+            In a multi-worker run only the chief writes the run directory.
 
     Returns:
         `(model, history)`: the trained model and the Keras `History` of the fit.
     """
+    from elman import distribute
+
     run_dir = Path(run_dir)
-    write_run_record(run_dir, app, config, command, preset)
+    chief = distribute.is_chief(strategy)
+    if chief:
+        write_run_record(run_dir, app, config, command, preset)
+    state_dir = distribute.worker_dir(run_dir, strategy)
     make_repeatable(config.seed)
     if data is None:
         data = app.load_data(config)
     print(f"[elman] {app.NAME}: data from {data.source}")
     if model is None:
-        model = app.build_model(config, data, recurrent_layer=recurrent_layer)
-    print(f"[elman] {app.NAME}: {model.count_params():,} parameters; run directory {run_dir}")
+        with strategy.scope() if strategy else contextlib.nullcontext():
+            model = app.build_model(config, data, recurrent_layer=recurrent_layer)
+    print(f"[elman] {app.NAME}: {model.count_params():,} parameters; run directory {run_dir}"
+          + (f"; {strategy.num_replicas_in_sync} replicas in sync"
+             + ("" if chief else f" (a worker: it writes only {state_dir})")
+             if strategy else ""))
     started = time.perf_counter()
     try:
         history = model.fit(
             data.train, validation_data=data.validation, epochs=config.epochs,
             shuffle=False,  # The app's tf.data pipeline shuffles.
-            callbacks=[*_callbacks(app, config, run_dir, model), *extra_callbacks],
+            callbacks=[*_callbacks(app, config, run_dir, model, chief, state_dir),
+                       *extra_callbacks],
             verbose=verbose)
     except KeyboardInterrupt:
         print(f"\n[elman] interrupted: completed epochs are kept in {run_dir / 'backup'}; "
@@ -130,8 +152,9 @@ def train(app, config, run_dir, data=None, model=None, extra_callbacks=(), verbo
     final.update(best_epoch=history.epoch[best] if history.epoch else None,
                  epochs_run=len(history.epoch),
                  training_seconds=time.perf_counter() - started)
-    (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
-    model.save(run_dir / "model.keras")
+    if chief:
+        (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+        model.save(run_dir / "model.keras")
     return model, history
 
 

@@ -6,6 +6,8 @@ order) and trains on the clean and the perturbed batch together. It regularizes 
 classifiers: a review's label must not flip under small changes of its words' embeddings.
 """
 
+import threading
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -27,9 +29,26 @@ class EmbeddingPerturbation(keras.layers.Layer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.supports_masking = True
-        # Set by AdversarialModel.train_step for the length of one step, never saved.
-        self.perturbation = None
-        self.last_input = None
+        # `perturbation` and `last_input` are set by AdversarialModel.train_step for the length
+        # of one step, never saved; one pair per thread, as MirroredStrategy runs the step of
+        # each local replica in a thread of its own.
+        self._step_state = threading.local()
+
+    @property
+    def perturbation(self):
+        return getattr(self._step_state, "perturbation", None)
+
+    @perturbation.setter
+    def perturbation(self, value):
+        self._step_state.perturbation = value
+
+    @property
+    def last_input(self):
+        return getattr(self._step_state, "last_input", None)
+
+    @last_input.setter
+    def last_input(self, value):
+        self._step_state.last_input = value
 
     def call(self, embedded, training=False):
         if not training:
@@ -116,7 +135,9 @@ class AdversarialModel(keras.Model):
         gradients = [_add(clean, adversarial)
                      for clean, adversarial in zip(clean_gradients, adversarial_gradients)]
         self.optimizer.apply_gradients(zip(gradients, weights))
-        self._loss_tracker.update_state(loss, sample_weight=ops.shape(y_pred)[0])
+        # Under a strategy of N replicas `compute_loss` returns a replica's loss over N.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self._loss_tracker.update_state(loss * replicas, sample_weight=ops.shape(y_pred)[0])
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
