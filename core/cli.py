@@ -146,7 +146,10 @@ def build_parser():
     tune = commands.add_parser("tune", help="hyperparameter search with keras-tuner",
                                description="Random search over the app's search space. Rerun "
                                "to resume; the best config is written to "
-                               "RUN_DIR/best_config.json for `elman train --config`.")
+                               "RUN_DIR/best_config.json for `elman train --config`. Distributed: "
+                               "the same command on a chief and on workers, with keras-tuner's "
+                               "KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and "
+                               "KERASTUNER_ORACLE_PORT (docs/scale-out.md).")
     tune.lists_presets = True
     tune.add_argument("app", choices=apps)
     tune.add_argument("--max-trials", type=int, default=10, help="trials in all (default: 10)")
@@ -479,8 +482,12 @@ def dispatch(args):
 
         best = tuning.tune(app, _resolve_config(app, args), run_dir, max_trials=args.max_trials,
                            command=args.command_line, preset=args.preset)
-        print(f"[elman] {app.NAME}: best config written to {run_dir / 'best_config.json'}:")
-        print(textwrap.indent(str(best), "  "))
+        if best is None:
+            print(f"[elman] {app.NAME}: this worker's trials are done; the chief writes "
+                  f"{run_dir / 'best_config.json'}")
+        else:
+            print(f"[elman] {app.NAME}: best config written to {run_dir / 'best_config.json'}:")
+            print(textwrap.indent(str(best), "  "))
     elif args.command == "export":
         model = training.load_trained_model(app, run_dir)
         path = export.export(app, model, args.base_dir, args.version)

@@ -12,9 +12,9 @@
 The global batch size is the config's `batch_size`: each of the N replicas computes the
 gradient of `batch_size / N` examples of every batch, and the gradients are summed across
 replicas, so N workers train the model one worker trains (`tests/test_distribute.py` checks
-the weights). Each worker reads its own shard of every batch (tf.data's auto-sharding by data,
-the only policy that works for every app's pipeline). The chief (worker 0, or the "chief" task)
-writes the run directory; the other workers keep their backups in
+the weights; docs/scale-out.md has the figures and the exception). Each worker reads its own
+shard of every batch (tf.data's auto-sharding by data, the only policy that works for every
+app's pipeline). The chief (worker 0, or the "chief" task) writes the run directory; the other workers keep their backups in
 `RUN_DIR/workers/worker-N/` and write nothing else. After a worker fails, start every worker
 again with the same command: BackupAndRestore resumes each one from its last completed epoch.
 
@@ -22,11 +22,13 @@ Keras 3's `fit` has two faults under `tf.distribute` (keras-team/keras#20585, op
 3.15): `_maybe_symbolic_build` averages a first batch across replicas to learn its shapes,
 which fails for string inputs (IMDB's and translation's raw text) and for nested batches; and
 `reduce_per_replica` reduces scalar outputs across workers with `axis=0`. `patch_keras` replaces
-those two functions, and only them, for the Keras versions where they were verified
-(`PATCHED_KERAS`); `tests/test_distribute.py` also checks that Keras's own functions still fail,
-so that the day Keras fixes them, the patch is noticed and removed. This keeps `fit`, and so every
-callback, checkpoint and log of a run, the same with and without a strategy; a training loop of
-our own around `strategy.run` would avoid the faults but duplicate all of that.
+those two functions for the Keras versions where they were verified (`PATCHED_KERAS`), and
+with several replicas takes the loss's mean over the global batch and clips the summed
+gradient, so that N replicas train the model one device trains. `tests/test_distribute.py`
+also checks that Keras's own `fit` still fails, so that the day Keras fixes it, the patch is
+noticed and removed. This keeps `fit`, and so every callback, checkpoint and log of a run, the
+same with and without a strategy; a training loop of our own around `strategy.run` would avoid
+the faults but duplicate all of that (docs/scale-out.md).
 """
 
 import json
@@ -94,7 +96,43 @@ def patch_keras():
     trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
     trainer.reduce_per_replica = reduce_per_replica
     loss_module.reduce_weighted_values = _global_mean(loss_module.reduce_weighted_values)
+    _clip_after_the_sum()
     return True
+
+
+def _several_replicas():
+    context = tf.distribute.get_replica_context()
+    return context is not None and context.num_replicas_in_sync > 1
+
+
+def _clip_after_the_sum():
+    """Gradient clipping (`clipnorm`, `clipvalue`, `global_clipnorm`) of the summed gradient,
+    as one replica clips the gradient of the whole batch. Keras clips each replica's gradient
+    before the sum, which differs as soon as a clip is active (a batch of a few examples gives
+    large gradients): with several replicas, the clip is moved after the all-reduce."""
+    from keras.src import backend
+    from keras.src.backend.tensorflow import optimizer as tensorflow_optimizer
+    from keras.src.optimizers import base_optimizer
+
+    original_clip = base_optimizer.BaseOptimizer._clip_gradients
+    original_update = tensorflow_optimizer.TFOptimizer._backend_update_step
+
+    def clip_gradients(self, grads):
+        return grads if _several_replicas() else original_clip(self, grads)
+
+    def backend_update_step(self, grads, trainable_variables, learning_rate):
+        if not _several_replicas():
+            return original_update(self, grads, trainable_variables, learning_rate)
+        variables = [variable.value if isinstance(variable, backend.Variable) else variable
+                     for variable in trainable_variables]
+        summed = self._all_reduce_sum_gradients(list(zip(grads, variables)))
+        clipped = original_clip(self, [gradient for gradient, _ in summed])
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._distributed_tf_update_step, self._distribution_strategy,
+            list(zip(clipped, [variable for _, variable in summed])), learning_rate)
+
+    base_optimizer.BaseOptimizer._clip_gradients = clip_gradients
+    tensorflow_optimizer.TFOptimizer._backend_update_step = backend_update_step
 
 
 def _global_mean(original):
@@ -134,6 +172,17 @@ def _global_mean(original):
 
     reduce_weighted_values.elman_patch = True
     return reduce_weighted_values
+
+
+def global_batch_share(loss, batch_size):
+    """For a custom `train_step`: `loss`, the mean over this replica's `batch_size` examples,
+    as this replica's share of the mean over the whole global batch (the replicas' gradients
+    are summed). Without a strategy, or with one replica, `loss` itself."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return loss
+    batch_size = tf.cast(batch_size, loss.dtype)
+    return loss * batch_size / context.all_reduce("SUM", tf.stop_gradient(batch_size))
 
 
 def cluster_task():

@@ -392,7 +392,10 @@ def _small_cnn(filters=32):
         # Centred pixels: on white backgrounds, raw pixels near 1 give every image nearly
         # the same features, and the decoder learns to ignore them.
         keras.layers.Rescaling(2.0, offset=-1.0),
-        keras.layers.Conv2D(filters, **convolution), keras.layers.BatchNormalization(),
+        # Built under a tf.distribute strategy, the statistics of the whole global batch, as
+        # one device computes them, rather than each replica's own.
+        keras.layers.Conv2D(filters, **convolution),
+        keras.layers.BatchNormalization(synchronized=tf.distribute.has_strategy()),
         keras.layers.MaxPooling2D(),
         keras.layers.Conv2D(2 * filters, **convolution), keras.layers.MaxPooling2D(),
         keras.layers.Conv2D(4 * filters, **convolution), keras.layers.MaxPooling2D(),

@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from elman import distribute
 from elman.apps.nextframe.tracker import ObjectTracker, tracked_moves, translate_layers
 from elman.datasets import moving_mnist
 from elman.layers import ElmanCell, ObjectwiseCell
@@ -400,8 +401,9 @@ class NextFrameModel(keras.Model):
                              "load_data's train split")
         with tf.GradientTape() as tape:
             loss, _ = self._centers_loss(centers, training=True)
+            share = distribute.global_batch_share(loss, ops.shape(centers)[0])
         weights = self.trainable_weights
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+        self.optimizer.apply_gradients(zip(tape.gradient(share, weights), weights))
         self._loss_tracker.update_state(loss, sample_weight=ops.shape(centers)[0])
         return {"loss": self._loss_tracker.result()}
 
