@@ -15,8 +15,9 @@ replicas, so N workers train the model one worker trains (`tests/test_distribute
 the weights; docs/scale-out.md has the figures and the exception). Each worker reads its own
 shard of every batch (tf.data's auto-sharding by data, the only policy that works for every
 app's pipeline). The chief (worker 0, or the "chief" task) writes the run directory; the
-other workers keep their backups in `RUN_DIR/workers/worker-N/` and write nothing else. After a worker fails, start every worker
-again with the same command: BackupAndRestore resumes each one from its last completed epoch.
+other workers keep their backups in `RUN_DIR/workers/worker-N/` and write nothing else.
+After a worker fails, start every worker again with the same command: BackupAndRestore resumes
+each one from its last completed epoch.
 
 Keras 3's `fit` has two faults under `tf.distribute` (keras-team/keras#20585, open in Keras
 3.15): `_maybe_symbolic_build` averages a first batch across replicas to learn its shapes,
