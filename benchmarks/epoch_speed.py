@@ -1,0 +1,88 @@
+"""Training speed as users feel it: an app's model with ElmanRNN against the same model with
+Keras's SimpleRNN in its place, interleaved in one process.
+
+    ELMAN_DATA_DIR=../shared/data python benchmarks/epoch_speed.py imdb [--steps 60] [--rounds 3]
+    ELMAN_DATA_DIR=../shared/data python benchmarks/epoch_speed.py translation
+
+Both models are built from the app's config (the default recipe, or `--preset`) on the same
+data. The first `--steps` training batches are read once and kept; each model trains on all of
+them once untimed (tracing, one graph per bucket length), then the two alternate `--rounds`
+times over the same batches, each round timed as a whole. The figures: median seconds per
+step, an epoch's estimate (the training split's batches times that), the ratio, and this
+machine's dense-product rate beside them, so that figures from different machines can be
+compared. The issue's "median of three" is three process runs of this command.
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from elman import training  # noqa: E402
+from elman.apps import get_app  # noqa: E402
+from elman.config import apply_overrides  # noqa: E402
+
+
+def dense_rate(repeats=15):
+    """GFLOP/s of one `(12800, 256) @ (256, 128)` product (the benchmark of
+    recurrence_speed.py at batch 64, time 200, units 128), median of `repeats`."""
+    a, b = tf.random.normal((12800, 256)), tf.random.normal((256, 128))
+    product = tf.function(lambda: tf.matmul(a, b))
+    product()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        product().numpy()
+        seconds.append(time.perf_counter() - started)
+    return 2.0 * 12800 * 256 * 128 / np.median(seconds) / 1e9
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("app", choices=("imdb", "translation"))
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--steps", type=int, default=60, help="batches timed per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    app = get_app(args.app)
+    config = apply_overrides(app.PRESETS[args.preset], args.overrides)
+    training.make_repeatable(config.seed)
+    data = app.load_data(config)
+    steps_per_epoch = sum(1 for _ in data.train)
+    batches = list(data.train.take(args.steps))
+    layers = {"ElmanRNN": None,
+              "SimpleRNN": keras.layers.SimpleRNN(config.hidden_units, return_sequences=True)}
+    models = {name: app.build_model(config, data, recurrent_layer=layer)
+              for name, layer in layers.items()}
+    for model in models.values():  # Untimed: tracing.
+        for inputs, targets in batches:
+            model.train_on_batch(inputs, targets)
+    seconds = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            started = time.perf_counter()
+            for inputs, targets in batches:
+                model.train_on_batch(inputs, targets)
+            seconds[name].append((time.perf_counter() - started) / len(batches))
+
+    print(f"{args.app} --preset {args.preset} {' '.join(args.overrides)}: {data.source}; "
+          f"{len(batches)} batches x {args.rounds} rounds, {os.cpu_count()} CPUs, "
+          f"dense product {dense_rate():.1f} GFLOP/s, TensorFlow {tf.__version__}")
+    per_step = {name: float(np.median(values)) for name, values in seconds.items()}
+    for name, value in per_step.items():
+        print(f"  {name:10s} {1e3 * value:7.1f} ms a step (rounds: "
+              f"{', '.join(f'{1e3 * v:.1f}' for v in seconds[name])}), an epoch of "
+              f"{steps_per_epoch} steps: {value * steps_per_epoch / 60:.1f} min")
+    print(f"  ElmanRNN x{per_step['SimpleRNN'] / per_step['ElmanRNN']:.2f} faster than "
+          "SimpleRNN")
+
+
+if __name__ == "__main__":
+    main()
