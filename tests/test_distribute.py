@@ -17,12 +17,10 @@ import pytest
 from elman import distribute
 
 TIMEOUT = 420
-# The largest weight difference allowed between two workers and one after one epoch of SMOKE.
-# Captioning's is not float rounding: its small CNN's batch normalization divides by the
-# small spread of convolution outputs on white backgrounds, which turns the rounding of the
-# replicas' sums into weight differences of 1e-2 (docs/scale-out.md); its training loss is
-# compared instead.
-TOLERANCE = {"imdb": 1e-5, "translation": 1e-5, "nextframe": 1e-5}
+# The largest weight difference allowed between two workers and one after one epoch of SMOKE:
+# float rounding (sums done in another order) carried through an epoch of Adam steps; the
+# largest measured, captioning's, was 4.8e-5 (docs/scale-out.md).
+TOLERANCE = 1e-4
 
 
 def run_python(code, timeout=TIMEOUT):
@@ -216,16 +214,11 @@ def test_two_workers_train_what_one_worker_trains(tmp_path):
         assert sorted(path.name for path in (two / name).iterdir()) == sorted(
             path.name for path in (one / name).iterdir()) + ["workers"]
         assert all("worker-1" in str(path) for path in (two / name / "workers").rglob("*"))
-        if name not in TOLERANCE:
-            two_metrics, one_metrics = (json.loads((run / name / "metrics.json").read_text())
-                                        for run in (two, one))
-            np.testing.assert_allclose(two_metrics["loss"], one_metrics["loss"], rtol=1e-3)
-            continue
         two_model = keras.saving.load_model(two / name / "model.keras")
         one_model = keras.saving.load_model(one / name / "model.keras")
         for two_weight, one_weight in zip(two_model.weights, one_model.weights):
             np.testing.assert_allclose(two_weight.numpy(), one_weight.numpy(), rtol=0,
-                                       atol=TOLERANCE[name],
+                                       atol=TOLERANCE,
                                        err_msg=f"{name}: {two_weight.path}")
 
 
