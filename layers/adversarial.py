@@ -19,9 +19,8 @@ class EmbeddingPerturbation(keras.layers.Layer):
     adversarial training step, where it adds the perturbation the model set.
 
     Call arguments:
-        embedded: float `(batch, time, embedding_dim)`.
+        embedded: float `(batch, time, embedding_dim)`; a mask passes through.
         training: bool.
-        mask: bool `(batch, time)` or None, the words (not padding); it passes through.
 
     Returns:
         `(batch, time, embedding_dim)`.
@@ -30,9 +29,9 @@ class EmbeddingPerturbation(keras.layers.Layer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.supports_masking = True
-        # `perturbation`, `last_input` and `last_mask` are set by AdversarialModel.train_step
-        # for the length of one step, never saved; one set per thread, as MirroredStrategy runs
-        # the step of each local replica in a thread of its own.
+        # `perturbation` and `last_input` are set by AdversarialModel.train_step for the length
+        # of one step, never saved; one pair per thread, as MirroredStrategy runs the step of
+        # each local replica in a thread of its own.
         self._step_state = threading.local()
 
     @property
@@ -51,18 +50,10 @@ class EmbeddingPerturbation(keras.layers.Layer):
     def last_input(self, value):
         self._step_state.last_input = value
 
-    @property
-    def last_mask(self):
-        return getattr(self._step_state, "last_mask", None)
-
-    @last_mask.setter
-    def last_mask(self, value):
-        self._step_state.last_mask = value
-
-    def call(self, embedded, training=False, mask=None):
+    def call(self, embedded, training=False):
         if not training:
             return embedded
-        self.last_input, self.last_mask = embedded, mask
+        self.last_input = embedded
         if self.perturbation is None:
             return embedded
         return embedded + self.perturbation
@@ -79,9 +70,8 @@ class AdversarialModel(keras.Model):
     embedding (one after each embedding, when there are several: each is perturbed along its
     own gradient). With `adversarial_epsilon=0` it trains exactly as `keras.Model`. Otherwise each
     step computes, per example, `g = d loss / d embedded` and the perturbation
-    `r = epsilon * ||embedded|| * g / ||g||` (norms over the example's words and channels, its
-    padding left out, so epsilon is relative to the size of the example's embeddings, whatever
-    the batch), and minimizes
+    `r = epsilon * ||embedded|| * g / ||g||` (norms over the example's words and channels, so
+    epsilon is relative to the size of the example's embeddings), and minimizes
     `loss(embedded) + loss(embedded + r)`: twice the work of a plain step (the clean pass's
     backward pass gives `g` and the weights' gradients together). The perturbed pass draws
     its own dropout masks. Inference is unchanged. The logged loss is the one on the clean
@@ -123,17 +113,12 @@ class AdversarialModel(keras.Model):
                 loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                          training=True)
                 embedded = [point.last_input for point in points]
-                masks = [point.last_mask for point in points]
                 scaled = self.optimizer.scale_loss(loss)
             gradients = tape.gradient(scaled, [*embedded, *weights])
             directions, clean_gradients = gradients[:len(points)], gradients[len(points):]
-            for point, words, mask, direction in zip(points, embedded, masks, directions):
+            for point, words, direction in zip(points, embedded, directions):
                 axes = list(range(1, len(words.shape)))
                 gradient_norm = ops.sqrt(ops.sum(ops.square(direction), axes, keepdims=True))
-                # The norm of the review's words only: padding would make a review's
-                # perturbation depend on the longest review of its batch.
-                if mask is not None:
-                    words = words * ops.expand_dims(ops.cast(mask, words.dtype), -1)
                 embedded_norm = ops.sqrt(ops.sum(ops.square(words), axes, keepdims=True))
                 point.perturbation = tf.stop_gradient(
                     self.adversarial_epsilon * embedded_norm * direction
@@ -146,7 +131,7 @@ class AdversarialModel(keras.Model):
             adversarial_gradients = adversarial_tape.gradient(scaled, weights)
         finally:
             for point in points:
-                point.perturbation = point.last_input = point.last_mask = None
+                point.perturbation = point.last_input = None
         gradients = [_add(clean, adversarial)
                      for clean, adversarial in zip(clean_gradients, adversarial_gradients)]
         self.optimizer.apply_gradients(zip(gradients, weights))

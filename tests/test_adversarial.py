@@ -56,8 +56,7 @@ def test_step_trains_on_the_clean_and_the_perturbed_embeddings():
     reference = _model(epsilon, noise=True)
     point, noise = reference.get_layer("perturb"), reference.get_layer("noise")
     loss_function = keras.losses.BinaryCrossentropy()
-    # The layer receives the embedded words and their mask; the clean draw, 0.
-    embedded = keras.Model(reference.input, point.input[0])(WORD_IDS).numpy()
+    embedded = keras.Model(reference.input, point.input)(WORD_IDS).numpy()  # the clean draw, 0
 
     # The gradient with respect to the embedded words, through a zero perturbation.
     zero = tf.Variable(np.zeros_like(embedded))
@@ -67,8 +66,7 @@ def test_step_trains_on_the_clean_and_the_perturbed_embeddings():
     direction = tape.gradient(clean_loss, zero).numpy()
     clean_gradients = tape.gradient(clean_loss, reference.trainable_weights)
     norm = lambda array: np.sqrt((array ** 2).sum(axis=(1, 2), keepdims=True))  # noqa: E731
-    words = (WORD_IDS != 0)[..., None]  # The norm of the words only, not of the padding.
-    perturbation = epsilon * norm(embedded * words) * direction / norm(direction)
+    perturbation = epsilon * norm(embedded) * direction / norm(direction)
     assert np.abs(perturbation[0, 4:]).max() == 0  # Padding is not perturbed.
 
     point.perturbation = tf.constant(perturbation)
