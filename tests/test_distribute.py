@@ -134,27 +134,24 @@ def train_command(run_dir, *extra):
             "--run-dir", str(run_dir), *extra]
 
 
-def run_workers(run_dir, tmp_path, count=2):
-    """`elman train imdb --strategy multi-worker` on `count` localhost workers; returns their
-    return codes and logs."""
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(count)]}
-    processes, logs = [], []
-    for index in range(count):
-        log = tmp_path / f"worker-{index}.log"
-        logs.append(log)
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        processes.append(subprocess.Popen(
-            train_command(run_dir, "--strategy", "multi-worker"),
-            stdout=log.open("w"), stderr=subprocess.STDOUT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": tf_config}))
+def start_worker(command, cluster, index, log):
+    """Worker `index` of `cluster` running `command`, its output in the file `log`."""
+    tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                                 "TF_CONFIG": tf_config})
+
+
+def wait_all(processes, timeout=TIMEOUT):
+    """The return codes of `processes`; any still running after `timeout`, or when waiting
+    fails, is killed."""
     try:
-        codes = [process.wait(timeout=TIMEOUT) for process in processes]
+        return [process.wait(timeout=timeout) for process in processes]
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    return codes, [log.read_text() for log in logs]
 
 
 # Trains every app's SMOKE preset for one epoch, under the strategy named by argv[1], into
@@ -185,19 +182,9 @@ def test_two_workers_train_what_one_worker_trains(tmp_path):
     two, one = tmp_path / "two-workers", tmp_path / "one-worker"
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    processes = [subprocess.Popen(
-        [sys.executable, "-c", DRIVER, "multi-worker", str(two)],
-        stdout=(tmp_path / f"worker-{index}.log").open("w"), stderr=subprocess.STDOUT,
-        env={**environment, "TF_CONFIG": json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}})})
-        for index in range(2)]
-    try:
-        codes = [process.wait(timeout=2 * TIMEOUT) for process in processes]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    codes = wait_all([start_worker([sys.executable, "-c", DRIVER, "multi-worker", str(two)],
+                                   cluster, index, tmp_path / f"worker-{index}.log")
+                      for index in range(2)], timeout=2 * TIMEOUT)
     logs = [(tmp_path / f"worker-{index}.log").read_text() for index in range(2)]
     assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
     assert "2 replicas in sync" in logs[0] and "a worker" not in logs[0]
@@ -229,11 +216,9 @@ def test_a_killed_worker_and_its_peers_resume_from_their_backups(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
 
     def start(index, log_name):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        return subprocess.Popen(
+        return start_worker(
             train_command(run_dir, "--strategy", "multi-worker", "--set", "epochs=4"),
-            stdout=(tmp_path / log_name).open("w"), stderr=subprocess.STDOUT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": tf_config})
+            cluster, index, tmp_path / log_name)
 
     processes = [start(index, f"first-{index}.log") for index in range(2)]
     try:
@@ -244,21 +229,14 @@ def test_a_killed_worker_and_its_peers_resume_from_their_backups(tmp_path):
             assert processes[1].poll() is None, (tmp_path / "first-1.log").read_text()[-3000:]
             time.sleep(0.2)
         processes[1].kill()
-        processes[1].wait()
-        # The chief cannot go on without its peer: it fails (or is stopped, as a cluster
-        # manager would stop it) and the whole job is started again.
-        try:
-            processes[0].wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            processes[0].kill()
-            processes[0].wait()
-        processes = [start(index, f"again-{index}.log") for index in range(2)]
-        codes = [process.wait(timeout=TIMEOUT) for process in processes]
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        # The chief cannot go on without its peer: it fails (or is stopped after 90 s, as a
+        # cluster manager would stop it) and the whole job is started again.
+        try:
+            wait_all(processes, timeout=90)
+        except subprocess.TimeoutExpired:
+            pass
+    codes = wait_all([start(index, f"again-{index}.log") for index in range(2)])
     logs = [(tmp_path / f"again-{index}.log").read_text() for index in range(2)]
     assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
     for log in logs:
@@ -276,17 +254,10 @@ def test_a_chief_and_two_tuner_workers_run_each_trial_once(tmp_path):
     command = [sys.executable, "-m", "elman.cli", "tune", "imdb", "--preset", "smoke",
                "--set", "epochs=1", "--max-trials", "4", "--run-dir", str(run_dir)]
     names = ("chief", "tuner0", "tuner1")
-    processes = [subprocess.Popen(command, stdout=(tmp_path / f"{name}.log").open("w"),
-                                  stderr=subprocess.STDOUT,
-                                  env={**environment, "KERASTUNER_TUNER_ID": name})
-                 for name in names]
-    try:
-        codes = [process.wait(timeout=TIMEOUT) for process in processes]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    codes = wait_all([subprocess.Popen(command, stdout=(tmp_path / f"{name}.log").open("w"),
+                                       stderr=subprocess.STDOUT,
+                                       env={**environment, "KERASTUNER_TUNER_ID": name})
+                      for name in names])
     logs = {name: (tmp_path / f"{name}.log").read_text() for name in names}
     assert codes == [0, 0, 0], "\n".join(log[-3000:] for log in logs.values())
     ran = [line.split(" runs trial ")[1].split()[0] for name in names[1:]
