@@ -34,21 +34,10 @@ class EmbeddingPerturbation(keras.layers.Layer):
         # each local replica in a thread of its own.
         self._step_state = threading.local()
 
-    @property
-    def perturbation(self):
-        return getattr(self._step_state, "perturbation", None)
-
-    @perturbation.setter
-    def perturbation(self, value):
-        self._step_state.perturbation = value
-
-    @property
-    def last_input(self):
-        return getattr(self._step_state, "last_input", None)
-
-    @last_input.setter
-    def last_input(self, value):
-        self._step_state.last_input = value
+    perturbation = property(lambda self: getattr(self._step_state, "perturbation", None),
+                            lambda self, value: setattr(self._step_state, "perturbation", value))
+    last_input = property(lambda self: getattr(self._step_state, "last_input", None),
+                          lambda self, value: setattr(self._step_state, "last_input", value))
 
     def call(self, embedded, training=False):
         if not training:
