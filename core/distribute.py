@@ -187,7 +187,8 @@ def global_batch_share(loss, batch_size):
 
 
 def cluster_task():
-    """`(task type, task index, number of workers)` from `TF_CONFIG`, or a clear error."""
+    """`(task type, task index, whether the cluster has a "chief" task)` from `TF_CONFIG`, or
+    a clear error."""
     text = os.environ.get("TF_CONFIG", "")
     if not text:
         raise ValueError("--strategy multi-worker needs TF_CONFIG, e.g. TF_CONFIG='{\"cluster\": "
@@ -197,14 +198,14 @@ def cluster_task():
         config = json.loads(text)
         cluster, task = config["cluster"], config["task"]
         task_type, index = task["type"], int(task["index"])
-        workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+        has_chief = bool(cluster.get("chief"))
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"TF_CONFIG must be JSON with \"cluster\" and \"task\" (type, index), "
                          f"received {text[:80]!r} ({type(error).__name__}: {error})") from None
     if task_type not in ("chief", "worker") or not 0 <= index < len(cluster.get(task_type, [])):
         raise ValueError(f"TF_CONFIG's task must be a chief or a worker of its cluster, received "
                          f"{task}")
-    return task_type, index, workers
+    return task_type, index, has_chief
 
 
 def make_strategy(name="none", devices=None):
@@ -235,8 +236,7 @@ def is_chief(strategy):
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or \
             not os.environ.get("TF_CONFIG"):
         return True
-    task_type, index, _ = cluster_task()
-    has_chief = "chief" in json.loads(os.environ["TF_CONFIG"])["cluster"]
+    task_type, index, has_chief = cluster_task()
     return task_type == "chief" or (not has_chief and task_type == "worker" and index == 0)
 
 
