@@ -9,13 +9,12 @@ Where it is read from, in order:
 1. `<data_dir>/anki/spa-eng.zip` (the layout of the project's shared data folder), or
    `<data_dir>/spa-eng.zip`, or the extracted `<data_dir>/spa-eng/spa.txt`;
 2. the canonical archive, downloaded into `<data_dir>` (needs a network);
-3. with no data directory at all, the sample shipped with elman (the first 30,000 pairs, then
-   every 40th).
+3. with no data directory at all, the copy shipped with elman (the same file, xz-compressed).
 """
 
-import gzip
 import hashlib
 import io
+import lzma
 import zipfile
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from elman.datasets import SAMPLES_DIR, resolve_data_dir
 
 URL = "http://storage.googleapis.com/download.tensorflow.org/data/spa-eng.zip"
 MEMBER = "spa-eng/spa.txt"
-SAMPLE_FILE = SAMPLES_DIR / "anki_spa_eng_sample.tsv.gz"
+SHIPPED_FILE = SAMPLES_DIR / "anki_spa_eng.tsv.xz"
 
 
 def _parse(text, origin):
@@ -61,8 +60,8 @@ def load_anki(data_dir=None, download=True):
     """Loads all English-Spanish pairs in file order.
 
     Args:
-        data_dir: the data directory; defaults to `$ELMAN_DATA_DIR`. With neither, the shipped
-            sample is returned.
+        data_dir: the data directory; defaults to `$ELMAN_DATA_DIR`. With neither, the copy
+            shipped with elman is read.
         download: whether to fetch the canonical archive when no local copy is found.
 
     Returns:
@@ -74,9 +73,9 @@ def load_anki(data_dir=None, download=True):
     """
     root = resolve_data_dir(data_dir)
     if root is None:
-        with gzip.open(SAMPLE_FILE, "rt", encoding="utf-8") as file:
-            pairs = _parse(file.read(), SAMPLE_FILE.name)
-        return {"pairs": pairs, "source": f"the sample shipped with elman ({SAMPLE_FILE.name})"}
+        with lzma.open(SHIPPED_FILE, "rt", encoding="utf-8") as file:
+            pairs = _parse(file.read(), SHIPPED_FILE.name)
+        return {"pairs": pairs, "source": f"the copy shipped with elman ({SHIPPED_FILE.name})"}
     for path in (root / "anki" / "spa-eng.zip", root / "spa-eng.zip"):
         if path.is_file():
             return {"pairs": _read_zip(path), "source": str(path)}
@@ -94,7 +93,7 @@ def load_anki(data_dir=None, download=True):
     raise FileNotFoundError(
         f"the Anki English-Spanish pairs were not found under {root}: expected "
         f"{root / 'anki' / 'spa-eng.zip'} (the archive from {URL}) or {text_file}; {problem}. "
-        "Put the file there, or unset ELMAN_DATA_DIR (and --data-dir) to use the shipped sample.")
+        "Put the file there, or unset ELMAN_DATA_DIR (and --data-dir) to use the copy shipped with elman.")
 
 
 def split_by_source(pairs, key, validation_fraction, test_fraction):
