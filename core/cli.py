@@ -211,8 +211,8 @@ def build_parser():
     demo = commands.add_parser("demo", help="train, export and predict with every app",
                                description="The main job, in minutes: for every app, train the "
                                "demo preset (on the real data when $ELMAN_DATA_DIR, --data-dir "
-                               "or --download gives it, else on the shipped sample or synthetic "
-                               "data), evaluate it against a trivial baseline, export a "
+                               "or --download gives it, else on the data elman ships or "
+                               "generates), evaluate it against a trivial baseline, export a "
                                "SavedModel, show predictions and end with a summary.")
     demo.lists_presets = True
     demo.add_argument("--apps", nargs="+", choices=apps, default=apps)
@@ -320,7 +320,7 @@ def _demo_data_dir(args):
 
 # Seconds each app's demo preset took on the shipped data, 2 CPU cores, 2026-12-07: what the
 # demo's estimate of the time left starts from, scaled by how fast this machine has been.
-DEMO_SECONDS = {"imdb": 31, "translation": 175, "nextframe": 30, "captioning": 19}
+DEMO_SECONDS = {"imdb": 31, "translation": 117, "nextframe": 30, "captioning": 19}
 
 
 def _demo_progress(apps, number, elapsed, estimate=True):
@@ -359,8 +359,8 @@ def _demo(args):
         if data_dir:
             config = dataclasses.replace(config, data_dir=str(data_dir))
         print(f"\n=== {number}/{len(args.apps)} {name}: the {preset} preset on " + (
-            f"the real data ({data_dir})" if data_dir else "the shipped sample or synthetic "
-            "data (elman demo --download, or ELMAN_DATA_DIR, for the real data)")
+            f"the real data ({data_dir})" if data_dir else "the data elman ships or "
+            "generates (elman demo --download, or ELMAN_DATA_DIR, for the real data)")
             + f" ({_demo_progress(args.apps, number, time.perf_counter() - started, estimate)})")
         app_started = time.perf_counter()
         run_dir = args.runs_dir / f"{name}-demo"

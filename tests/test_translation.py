@@ -1,4 +1,4 @@
-"""The translation app on its shipped sample: split, text, training, decoding, export, CLI."""
+"""The translation app on its shipped data: split, text, training, decoding, export, CLI."""
 
 import dataclasses
 import json
@@ -68,7 +68,7 @@ def _sources(data, count=8):
 
 def test_split_keeps_every_test_source_out_of_train():
     pairs = anki.load_anki()["pairs"]
-    assert len(pairs) == 32225 and pairs[0] == ("Go.", "Ve.")
+    assert len(pairs) == 118964 and pairs[0] == ("Go.", "Ve.")
     for direction in app.DIRECTIONS:
         config = dataclasses.replace(app.SMOKE, direction=direction)
         oriented = pairs if direction == "eng-spa" else [(s, e) for e, s in pairs]
@@ -86,7 +86,7 @@ def test_split_keeps_every_test_source_out_of_train():
 
 
 def test_batches_group_pairs_of_similar_length_and_keep_every_pair():
-    pairs = anki.load_anki()["pairs"][::7]
+    pairs = anki.load_anki()["pairs"][::25]
     sources, targets = (list(column) for column in zip(*pairs))
     dataset = tf.data.Dataset.from_tensor_slices({"source": sources, "target": targets})
 
@@ -118,6 +118,35 @@ def test_a_repeated_source_stays_in_one_split():
     assert all(pair in splits[holding[0]] for pair in pairs[:3])
 
 
+def test_common_words_keep_the_pairs_made_of_each_language_s_most_common_words():
+    pairs = [("I see Tom.", "Veo a Tom."), ("I see.", "Ya veo."), ("Tom, see!", "¡Tom, mira!"),
+             ("I see Mary.", "Veo a Mary."), ("See Tom?", "¿Ves a Tom?")]
+    # English words counted by hand: "i" 3, "see" 5, "tom" 3, "." 3, "," 1, "!" 1, "mary" 1,
+    # "?" 1; the 5 most common are see, i, tom, "." and "," ("," appears before "!", "mary").
+    # Spanish: "veo" 3, "a" 3, "tom" 3, "." 3, "ya" 1, ... so its 5 most common are veo, a,
+    # tom, "." and "ya".
+    assert app.of_common_words(pairs, 5) == [("I see Tom.", "Veo a Tom."),
+                                             ("I see.", "Ya veo.")]
+    assert app.of_common_words(pairs, 100) == pairs
+    kept = app.of_common_words(anki.load_anki()["pairs"][:3000], 300)
+    data = app.load_data(dataclasses.replace(app.SMOKE, common_words=300))
+    assert 0 < len(kept) < 3000
+    assert f"the {len(kept):,} pairs of the 300 most common words:" in data.source
+    assert len(data.source_vocabulary) <= 300 + 2  # Padding, "[UNK]" and at most 300 words.
+
+
+def test_match_shares_compare_words_with_every_reference():
+    assert app.word_edit_distance("a b c".split(), "a c".split()) == 1
+    assert app.word_edit_distance("a b".split(), "b a".split()) == 2
+    assert app.word_edit_distance([], "x y z".split()) == 3
+    shares = app.match_shares(
+        ["¡Te quiero!", "te amo mucho.", "yo tengo un perro", "no sé"],
+        [["Te quiero."], ["Te quiero.", "Te amo."], ["Tengo un gato."], ["Lo sé."]])
+    # Exact (case and punctuation aside): the first; within one word: the second (one word
+    # more than "te amo") and the fourth (one word replaced); the third is two words away.
+    assert shares == {"exact": 25.0, "within_one_word": 75.0}
+
+
 def test_spanish_to_english_swaps_the_pairs():
     data = app.load_data(dataclasses.replace(app.SMOKE, direction="spa-eng"))
     sources = [source for source, _ in data.test_pairs]
@@ -145,6 +174,8 @@ def test_teacher_forcing_never_reads_the_end_word():
 def test_bad_config_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="direction must be one of"):
         app.load_data(dataclasses.replace(app.SMOKE, direction="eng-fra"))
+    with pytest.raises(ValueError, match="common_words must be 0 .all. or positive"):
+        app.load_data(dataclasses.replace(app.SMOKE, common_words=-1))
     with pytest.raises(ValueError, match="validation_fraction and test_fraction"):
         anki.split_by_source([("a", "b")], lambda pair: pair[0], 0.5, 0.6)
 

@@ -25,6 +25,7 @@ The app contract the shared core relies on: `NAME`, `Config`, `PRESETS`, `SMOKE`
 `prediction_request`, `warmup_requests`, `describe_prediction`, `evaluation_report` and `headline`.
 """
 
+import collections
 import dataclasses
 import json
 import re
@@ -54,13 +55,16 @@ EVALUATION_SETTINGS = ("beam_width", "length_penalty")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    # Where the data is: empty means $ELMAN_DATA_DIR, and without it the shipped sample.
+    # Where the data is: empty means $ELMAN_DATA_DIR, and without it the copy shipped with elman.
     data_dir: str = ""
     # eng-spa: English to Spanish; spa-eng: Spanish to English.
     direction: str = "eng-spa"
     # Pairs read from the start of the file, which runs from short sentences to long ones
     # (0: all of them).
     max_pairs: int = 0
+    # Keeps only the pairs whose every word is among the N most common words of its language
+    # in the pairs read, so that every word is seen often enough to be learned (0: all pairs).
+    common_words: int = 0
     # Shares of the distinct source sentences held out (all translations of a sentence go to
     # the same split).
     validation_fraction: float = 0.05
@@ -101,10 +105,11 @@ SMOKE = Config(max_pairs=3000, source_vocabulary_size=2000, target_vocabulary_si
                batch_size=32, learning_rate=3e-3, epochs=10, validation_fraction=0.1,
                test_fraction=0.1)
 # Named presets (`elman train translation --preset NAME`): "default" is the best measured.
-# What `elman demo` trains: the first 30,000 pairs of the file (its short sentences, all in the
-# shipped sample), about two minutes on 2 cores (docs/experiments.md has the variants measured).
-DEMO = dataclasses.replace(SMOKE, max_pairs=30000, embedding_dim=64, hidden_units=128,
-                           batch_size=64, epochs=8)
+# What `elman demo` trains: the 10,354 pairs made of each language's 500 most common words
+# (short everyday sentences, 5.4 English words on average), about two minutes on 2 cores
+# (docs/experiments.md has the variants measured).
+DEMO = dataclasses.replace(SMOKE, max_pairs=0, common_words=500, embedding_dim=64,
+                           hidden_units=128, batch_size=64, epochs=20, patience=3)
 PRESETS = {"default": Config(), "demo": DEMO, "smoke": SMOKE}
 
 
@@ -190,10 +195,16 @@ def load_data(config):
     if config.direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, "
                          f"received direction={config.direction!r}")
-    if config.max_pairs < 0:
-        raise ValueError(f"max_pairs must be 0 (all) or positive, received {config.max_pairs}")
+    for name in ("max_pairs", "common_words"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be 0 (all) or positive, "
+                             f"received {getattr(config, name)}")
     loaded = load_anki(config.data_dir or None)
     pairs = loaded["pairs"][:config.max_pairs or None]
+    selection = ""
+    if config.common_words:
+        pairs = of_common_words(pairs, config.common_words)
+        selection = f", the {len(pairs):,} pairs of the {config.common_words} most common words"
     if config.direction == "spa-eng":
         pairs = [(spanish, english) for english, spanish in pairs]
     splits = split_by_source(pairs, lambda pair: _source_key(pair[0]),
@@ -228,9 +239,24 @@ def load_data(config):
         test_pairs=splits["test"],
         source_vocabulary=source_vectorizer.get_vocabulary(),
         target_vocabulary=target_vectorizer.get_vocabulary(),
-        source=f"{loaded['source']} ({config.direction}: {len(splits['train'])} train, "
+        source=f"{loaded['source']} ({config.direction}{selection}: {len(splits['train'])} train, "
                f"{len(splits['validation'])} validation, {len(splits['test'])} test pairs)",
     )
+
+
+def of_common_words(pairs, count):
+    """The pairs whose every word is among the `count` most common words of its language.
+
+    Words are those of `standardize_sentence` (punctuation included), counted over `pairs`;
+    ties are broken by first appearance. Returns the kept pairs in their order.
+    """
+    columns = [[sentence.decode() for sentence in standardize_sentence(
+        tf.constant(list(column))).numpy()] for column in zip(*pairs)]
+    common = [{word for word, _ in collections.Counter(
+        word for sentence in column for word in sentence.split()).most_common(count)}
+        for column in columns]
+    return [pair for pair, *sentences in zip(pairs, *columns)
+            if all(set(sentence.split()) <= words for sentence, words in zip(sentences, common))]
 
 
 def batch_by_length(pairs, batch_size, buckets):
@@ -479,8 +505,47 @@ def describe_prediction(inputs, outputs):
 
 def headline(metrics):
     """`elman demo`'s summary of an evaluation: `(result, baseline)`."""
-    return decoding.headline(metrics["report"], (("bleu", "BLEU"), ("chrf", "chrF")),
-                             "copy_source", "copying the source sentence")
+    report = metrics["report"]
+    beam = f"beam{report['beam_width']}"
+
+    def listed(entry):
+        return (f"BLEU {entry['bleu']:.1f}, chrF {entry['chrf']:.1f}; {entry['exact']:.0f}% of "
+                f"the sentences as a reference, {entry['within_one_word']:.0f}% within one word")
+
+    return f"{listed(report[beam])} ({beam})", \
+        f"copying the source sentence: {listed(report['copy_source'])}"
+
+
+def words_for_matching(sentence):
+    """The lower-case words of a sentence, without punctuation: what "the same translation"
+    compares."""
+    return re.findall(r"\w+", sentence.lower())
+
+
+def word_edit_distance(first, second):
+    """Levenshtein distance between two word lists: the fewest words inserted, deleted or
+    replaced to turn one into the other."""
+    row = list(range(len(second) + 1))
+    for i, word in enumerate(first, 1):
+        diagonal, row[0] = row[0], i
+        for j, other in enumerate(second, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (word != other))
+    return row[-1]
+
+
+def match_shares(hypotheses, references):
+    """Percentages of segments translated exactly as one of their references, and within one
+    word (inserted, deleted or replaced) of one, comparing `words_for_matching`.
+
+    Args:
+        hypotheses: one translation per segment.
+        references: per segment, its reference translations (one or more).
+    """
+    distances = [min(word_edit_distance(words_for_matching(hypothesis), words_for_matching(r))
+                     for r in segment_references)
+                 for hypothesis, segment_references in zip(hypotheses, references)]
+    return {"exact": 100 * sum(d == 0 for d in distances) / len(distances),
+            "within_one_word": 100 * sum(d <= 1 for d in distances) / len(distances)}
 
 
 def score_translations(hypotheses, references):
@@ -505,7 +570,9 @@ def evaluation_report(model, data, run_dir=None, config=None, examples=8, log=pr
 
     Each distinct test source is translated once; BLEU scores every test pair against its own
     reference (the standard single-reference corpus BLEU) and, as `bleu_all_references`, every
-    distinct source against all of its reference translations in the file.
+    distinct source against all of its reference translations in the file. `exact` and
+    `within_one_word` are the percentages of distinct sources translated as one of their
+    references, and within one word of one (`match_shares`).
     Writes `translations.tsv` (source, reference, greedy, beam) into `run_dir` if given.
     """
     config = config or Config()
@@ -527,12 +594,17 @@ def evaluation_report(model, data, run_dir=None, config=None, examples=8, log=pr
                                     [[t] for _, t in data.test_pairs])
         scores["bleu_all_references"] = score_translations(
             [translated[s] for s in sources], [references[s] for s in sources])["bleu"]
+        scores.update(match_shares([translated[s] for s in sources],
+                                   [references[s] for s in sources]))
         report[name] = scores
         log(f"[elman] translation: {name}: BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}, "
-            f"BLEU with all references {scores['bleu_all_references']:.2f}")
+            f"BLEU with all references {scores['bleu_all_references']:.2f}; "
+            f"{scores['exact']:.1f}% of the sentences as a reference, "
+            f"{scores['within_one_word']:.1f}% within one word of one")
     # A baseline that knows no Spanish: the source sentence, copied.
     report["copy_source"] = score_translations([source for source, _ in data.test_pairs],
                                                [[target] for _, target in data.test_pairs])
+    report["copy_source"].update(match_shares(sources, [references[s] for s in sources]))
     beam_name = f"beam{config.beam_width}"
     log("[elman] translation: examples (source | reference | greedy | beam)")
     for source in sources[:: max(1, len(sources) // examples)][:examples]:
