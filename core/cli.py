@@ -320,7 +320,7 @@ def _demo_data_dir(args):
 
 # Seconds each app's demo preset took on the shipped data, 2 CPU cores, 2026-12-07: what the
 # demo's estimate of the time left starts from, scaled by how fast this machine has been.
-DEMO_SECONDS = {"imdb": 31, "translation": 117, "nextframe": 30, "captioning": 19}
+DEMO_SECONDS = {"imdb": 26, "translation": 118, "nextframe": 30, "captioning": 71}
 
 
 def _demo_progress(apps, number, elapsed, estimate=True):

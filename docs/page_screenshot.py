@@ -38,7 +38,7 @@ def main():
             wait = WebDriverWait(browser, 120)
             wait.until(lambda _: browser.execute_script("return document.body.dataset.ready"))
             for app, selector in (("imdb", "#imdb-examples button"),
-                                  ("translation", "#translation-examples button:nth-child(3)"),
+                                  ("translation", "#translation-examples button:nth-child(2)"),
                                   ("captioning", "#captioning-examples button"),
                                   ("nextframe", "#nextframe-form button[type=submit]")):
                 browser.find_element("css selector", selector).click()
