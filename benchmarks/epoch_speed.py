@@ -10,7 +10,7 @@ them once untimed (tracing, one graph per bucket length), then the two alternate
 times over the same batches, each round timed as a whole. The figures: median seconds per
 step, an epoch's estimate (the training split's batches times that), the ratio, and this
 machine's dense-product rate beside them, so that figures from different machines can be
-compared. The issue's "median of three" is three process runs of this command.
+compared. A reported "median of three" is three process runs of this command.
 """
 
 import argparse
