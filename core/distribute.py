@@ -102,8 +102,9 @@ def patch_keras():
 
 
 def _several_replicas():
+    """The replica context when it holds several replicas in sync, else `None`."""
     context = tf.distribute.get_replica_context()
-    return context is not None and context.num_replicas_in_sync > 1
+    return context if context is not None and context.num_replicas_in_sync > 1 else None
 
 
 def _clip_after_the_sum():
@@ -119,10 +120,10 @@ def _clip_after_the_sum():
     original_update = tensorflow_optimizer.TFOptimizer._backend_update_step
 
     def clip_gradients(self, grads):
-        return grads if _several_replicas() else original_clip(self, grads)
+        return grads if _several_replicas() is not None else original_clip(self, grads)
 
     def backend_update_step(self, grads, trainable_variables, learning_rate):
-        if not _several_replicas():
+        if _several_replicas() is None:
             return original_update(self, grads, trainable_variables, learning_rate)
         variables = [variable.value if isinstance(variable, backend.Variable) else variable
                      for variable in trainable_variables]
@@ -147,9 +148,9 @@ def _global_mean(original):
 
     def reduce_weighted_values(values, sample_weight=None, mask=None,
                                reduction="sum_over_batch_size", dtype=None):
-        replica = tf.distribute.get_replica_context()
+        replica = _several_replicas()
         if (standardize_reduction(reduction) not in ("sum_over_batch_size", "mean")
-                or replica is None or replica.num_replicas_in_sync == 1):
+                or replica is None):
             return original(values, sample_weight, mask, reduction, dtype)
         values = tf.convert_to_tensor(values, dtype=dtype)
         weights = tf.ones_like(values)
@@ -179,8 +180,8 @@ def global_batch_share(loss, batch_size):
     """For a custom `train_step`: `loss`, the mean over this replica's `batch_size` examples,
     as this replica's share of the mean over the whole global batch (the replicas' gradients
     are summed). Without a strategy, or with one replica, `loss` itself."""
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
+    context = _several_replicas()
+    if context is None:
         return loss
     batch_size = tf.cast(batch_size, loss.dtype)
     return loss * batch_size / context.all_reduce("SUM", tf.stop_gradient(batch_size))
