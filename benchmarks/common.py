@@ -4,9 +4,13 @@ and print the figures side by side."""
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from elman import training  # noqa: E402
 from elman.apps import get_preset  # noqa: E402
@@ -68,3 +72,21 @@ def run_models(app, config, models, args, figures):
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     (args.runs_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def timed(function):
+    """Seconds `function()` takes."""
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def dense_rate(rows, depth, units, repeats):
+    """GFLOP/s of one `(rows, depth) @ (depth, units)` product, median of `repeats`: this
+    machine's dense-product rate, printed beside speed figures so that machines compare."""
+    a = tf.random.normal((rows, depth))
+    b = tf.random.normal((depth, units))
+    product = tf.function(lambda: tf.matmul(a, b))
+    product()
+    seconds = np.median([timed(lambda: product().numpy()) for _ in range(repeats)])
+    return 2.0 * rows * depth * units / seconds / 1e9

@@ -23,23 +23,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from common import dense_rate  # noqa: E402
 from elman import training  # noqa: E402
-from elman.apps import get_app  # noqa: E402
+from elman.apps import get_app, get_preset  # noqa: E402
 from elman.config import apply_overrides  # noqa: E402
-
-
-def dense_rate(repeats=15):
-    """GFLOP/s of one `(12800, 256) @ (256, 128)` product (the benchmark of
-    recurrence_speed.py at batch 64, time 200, units 128), median of `repeats`."""
-    a, b = tf.random.normal((12800, 256)), tf.random.normal((256, 128))
-    product = tf.function(lambda: tf.matmul(a, b))
-    product()
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        product().numpy()
-        seconds.append(time.perf_counter() - started)
-    return 2.0 * 12800 * 256 * 128 / np.median(seconds) / 1e9
 
 
 def main():
@@ -52,7 +39,7 @@ def main():
     args = parser.parse_args()
 
     app = get_app(args.app)
-    config = apply_overrides(app.PRESETS[args.preset], args.overrides)
+    config = apply_overrides(get_preset(app, args.preset), args.overrides)
     training.make_repeatable(config.seed)
     data = app.load_data(config)
     steps_per_epoch = sum(1 for _ in data.train)
@@ -72,9 +59,11 @@ def main():
                 model.train_on_batch(inputs, targets)
             seconds[name].append((time.perf_counter() - started) / len(batches))
 
+    # The dense product of recurrence_speed.py at batch 64, time 200, units 128.
+    rate = dense_rate(64 * 200, 2 * 128, 128, repeats=15)
     print(f"{args.app} --preset {args.preset} {' '.join(args.overrides)}: {data.source}; "
           f"{len(batches)} batches x {args.rounds} rounds, {os.cpu_count()} CPUs, "
-          f"dense product {dense_rate():.1f} GFLOP/s, TensorFlow {tf.__version__}")
+          f"dense product {rate:.1f} GFLOP/s, TensorFlow {tf.__version__}")
     per_step = {name: float(np.median(values)) for name, values in seconds.items()}
     for name, value in per_step.items():
         print(f"  {name:10s} {1e3 * value:7.1f} ms a step (rounds: "

@@ -23,7 +23,6 @@ import argparse
 import itertools
 import json
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -31,6 +30,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from common import dense_rate, timed  # noqa: E402
 from elman.layers import ElmanCell, ElmanRNN  # noqa: E402
 
 LAYERS = ("elman_rnn", "rnn_elman_cell", "keras_simple_rnn")
@@ -51,22 +51,6 @@ def build(name, batch, time_steps, units, output_units, jit_compile):
     model = keras.Model(inputs, outputs)
     model.compile(keras.optimizers.SGD(1e-4), "mse", jit_compile=jit_compile)
     return model
-
-
-def timed(function):
-    started = time.perf_counter()
-    function()
-    return time.perf_counter() - started
-
-
-def dense_rate(rows, depth, units, repeats):
-    """GFLOP/s of one `(rows, depth) @ (depth, units)` product, median of `repeats`."""
-    a = tf.random.normal((rows, depth))
-    b = tf.random.normal((depth, units))
-    product = tf.function(lambda: tf.matmul(a, b))
-    product()
-    seconds = np.median([timed(lambda: product().numpy()) for _ in range(repeats)])
-    return 2.0 * rows * depth * units / seconds / 1e9
 
 
 def measure(batch, time_steps, units, args):
