@@ -206,7 +206,8 @@ def headline(report, scores, baseline, baseline_name):
 
     Args:
         report: the app's evaluation report, with a `beam<width>` entry of scores.
-        scores: `(key, label)` pairs of the scores to show, e.g. `(("bleu", "BLEU"),)`.
+        scores: `(key, template)` pairs of the scores to show, e.g.
+            `(("bleu", "BLEU {:.1f}"),)`: the template formats the report's value.
         baseline: the report's key of the trivial baseline's scores.
         baseline_name: what the baseline is, in words.
     """
@@ -214,7 +215,7 @@ def headline(report, scores, baseline, baseline_name):
                 if name.startswith("beam") and isinstance(entry, dict))
 
     def listed(entry):
-        return ", ".join(f"{label} {entry[key]:.1f}" for key, label in scores)
+        return ", ".join(template.format(entry[key]) for key, template in scores)
 
     return f"{listed(report[beam])} ({beam})", f"{baseline_name}: {listed(report[baseline])}"
 

@@ -112,6 +112,6 @@ def test_text_decoder_never_writes_padding_start_or_unknown_words():
 def test_headline_shows_the_beam_search_beside_the_baseline():
     report = {"beam_width": 4, "greedy": {"bleu": 1.0, "chrf": 2.0},
               "beam4": {"bleu": 31.26, "chrf": 55.04}, "copy_source": {"bleu": 0.44, "chrf": 15.5}}
-    assert decoding.headline(report, (("bleu", "BLEU"), ("chrf", "chrF")), "copy_source",
-                             "copying the source sentence") == (
+    assert decoding.headline(report, (("bleu", "BLEU {:.1f}"), ("chrf", "chrF {:.1f}")),
+                             "copy_source", "copying the source sentence") == (
         "BLEU 31.3, chrF 55.0 (beam4)", "copying the source sentence: BLEU 0.4, chrF 15.5")

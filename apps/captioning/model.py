@@ -617,7 +617,8 @@ def bleu_scores(hypotheses, references):
 
 def headline(metrics):
     """`elman demo`'s summary of an evaluation: `(result, baseline)`."""
-    return decoding.headline(metrics["report"], (("bleu1", "BLEU-1"), ("bleu4", "BLEU-4")),
+    return decoding.headline(metrics["report"],
+                             (("bleu1", "BLEU-1 {:.1f}"), ("bleu4", "BLEU-4 {:.1f}")),
                              "other_images", "another image's caption")
 
 

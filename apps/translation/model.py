@@ -505,15 +505,11 @@ def describe_prediction(inputs, outputs):
 
 def headline(metrics):
     """`elman demo`'s summary of an evaluation: `(result, baseline)`."""
-    report = metrics["report"]
-    beam = f"beam{report['beam_width']}"
-
-    def listed(entry):
-        return (f"BLEU {entry['bleu']:.1f}, chrF {entry['chrf']:.1f}; {entry['exact']:.0f}% of "
-                f"the sentences as a reference, {entry['within_one_word']:.0f}% within one word")
-
-    return f"{listed(report[beam])} ({beam})", \
-        f"copying the source sentence: {listed(report['copy_source'])}"
+    return decoding.headline(
+        metrics["report"], (("bleu", "BLEU {:.1f}"), ("chrf", "chrF {:.1f}"),
+                            ("exact", "{:.0f}% of the sentences as a reference"),
+                            ("within_one_word", "{:.0f}% within one word")),
+        "copy_source", "copying the source sentence")
 
 
 def words_for_matching(sentence):
