@@ -90,3 +90,47 @@ def dense_rate(rows, depth, units, repeats):
     product()
     seconds = np.median([timed(lambda: product().numpy()) for _ in range(repeats)])
     return 2.0 * rows * depth * units / seconds / 1e9
+
+
+def add_process_arguments(parser, default=3):
+    """`--processes N`: run the measurement in N fresh processes, one after another, and report
+    the median over them (one process's timings share its warm-up, memory layout and thread
+    placement, so one process run is one sample)."""
+    parser.add_argument("--processes", type=int, default=default, metavar="N",
+                        help="process runs, one after another; the figures are their medians "
+                             "(default: %(default)s)")
+    parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
+
+
+def results_of_processes(args):
+    """Runs this script again in `args.processes` fresh processes (their output streams through)
+    and returns the result each wrote; None in a process that is one of those runs, or where
+    one process is all that was asked for (then the caller measures in this process)."""
+    if args.result_file is not None or args.processes <= 1:
+        return None
+    import subprocess
+    import sys
+    import tempfile
+
+    arguments = list(sys.argv[1:])
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        for run in range(1, args.processes + 1):
+            print(f"--- process run {run} of {args.processes}", flush=True)
+            path = Path(folder) / f"run-{run}.json"
+            subprocess.run([sys.executable, sys.argv[0], *arguments, "--processes", "1",
+                            "--result-file", str(path)], check=True)
+            results.append(json.loads(path.read_text()))
+    return results
+
+
+def write_result(args, result):
+    """Where this process is one of several runs, hands its result to the parent."""
+    if args.result_file is not None:
+        args.result_file.write_text(json.dumps(result))
+
+
+def runs_and_median(values, template="{:.2f}"):
+    """`'1.49 / 1.52 / 1.47: median 1.49'` of one figure over process runs."""
+    runs = " / ".join(template.format(value) for value in values)
+    return f"{runs}: median {template.format(float(np.median(values)))}"

@@ -10,7 +10,8 @@ them once untimed (tracing, one graph per bucket length), then the two alternate
 times over the same batches, each round timed as a whole. The figures: median seconds per
 step, an epoch's estimate (the training split's batches times that), the ratio, and this
 machine's dense-product rate beside them, so that figures from different machines can be
-compared. A reported "median of three" is three process runs of this command.
+compared. The command does this in `--processes` fresh processes (3 unless told), one after
+another, and ends with each figure in every run and the median of the runs.
 """
 
 import argparse
@@ -23,7 +24,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import dense_rate  # noqa: E402
+from common import (add_process_arguments, dense_rate, results_of_processes,  # noqa: E402
+                    runs_and_median, write_result)
 from elman import training  # noqa: E402
 from elman.apps import get_app, get_preset  # noqa: E402
 from elman.config import apply_overrides  # noqa: E402
@@ -36,7 +38,18 @@ def main():
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--steps", type=int, default=60, help="batches timed per round")
     parser.add_argument("--rounds", type=int, default=3)
+    add_process_arguments(parser)
     args = parser.parse_args()
+    runs = results_of_processes(args)
+    if runs is not None:
+        print(f"\nOver {len(runs)} process runs: dense product "
+              f"{runs_and_median([run['dense_gflops'] for run in runs], '{:.0f}')} GFLOP/s")
+        for name in runs[0]["ms_a_step"]:
+            print(f"  {name:10s} ms a step "
+                  f"{runs_and_median([run['ms_a_step'][name] for run in runs], '{:.1f}')}")
+        ratios = [run["ms_a_step"]["SimpleRNN"] / run["ms_a_step"]["ElmanRNN"] for run in runs]
+        print(f"  ElmanRNN faster than SimpleRNN by x {runs_and_median(ratios)}")
+        return
 
     app = get_app(args.app)
     config = apply_overrides(get_preset(app, args.preset), args.overrides)
@@ -71,6 +84,8 @@ def main():
               f"{steps_per_epoch} steps: {value * steps_per_epoch / 60:.1f} min")
     print(f"  ElmanRNN x{per_step['SimpleRNN'] / per_step['ElmanRNN']:.2f} faster than "
           "SimpleRNN")
+    write_result(args, {"dense_gflops": rate,
+                        "ms_a_step": {name: 1e3 * value for name, value in per_step.items()}})
 
 
 if __name__ == "__main__":

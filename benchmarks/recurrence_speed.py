@@ -17,6 +17,9 @@ The inputs have `input_dim = units` features and no output projection (V) unless
     python benchmarks/recurrence_speed.py                    # the full grid (long on 2 cores)
     python benchmarks/recurrence_speed.py --batch 64 --time 200 --units 128
     python benchmarks/recurrence_speed.py --jit-compile      # the same under XLA
+
+Each command runs the measurement in `--processes` fresh processes (3 unless told), one after
+another, and ends with every figure's value in each run and the median of the runs.
 """
 
 import argparse
@@ -30,7 +33,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import dense_rate, timed  # noqa: E402
+from common import (add_process_arguments, dense_rate, results_of_processes,  # noqa: E402
+                    runs_and_median, timed, write_result)
 from elman.layers import ElmanCell, ElmanRNN  # noqa: E402
 
 LAYERS = ("elman_rnn", "rnn_elman_cell", "keras_simple_rnn")
@@ -107,8 +111,16 @@ def main():
                         help="add V (and a Dense over time after SimpleRNN) with this size")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (default: 5)")
     parser.add_argument("--jit-compile", action="store_true", help="compile with XLA")
-    parser.add_argument("--output", help="write the rows as JSON here")
+    parser.add_argument("--output", help="write the rows (of every process run) as JSON here")
+    add_process_arguments(parser)
     args = parser.parse_args()
+    runs = results_of_processes(args)
+    if runs is not None:
+        print_medians(runs, args.layers)
+        if args.output:
+            with open(args.output, "w") as file:
+                json.dump({"process_runs": runs}, file, indent=1)
+        return
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
           f"XLA {'on' if args.jit_compile else 'off'}, medians of {args.repeats}")
     rows = []
@@ -118,6 +130,25 @@ def main():
         if args.output:
             with open(args.output, "w") as file:
                 json.dump(rows, file, indent=1)
+    write_result(args, rows)
+
+
+def print_medians(runs, layers):
+    """Each configuration's figures over the process runs, and their medians."""
+    print(f"\nOver {len(runs)} process runs (ratios: SimpleRNN's median time over the layer's):")
+    for rows in zip(*runs):
+        first = rows[0]
+        rates = " / ".join(f"{row['dense_gflops']:.0f}" for row in rows)
+        print(f"batch {first['batch']:4d} time {first['time']:5d} units {first['units']:5d} "
+              f"(dense product {rates} GFLOP/s)")
+        for name in layers:
+            train = [row[name]["train_ms"] for row in rows]
+            line = f"  {name:18s} train ms {runs_and_median(train, '{:.1f}')}"
+            if "train_speedup" in first[name]:
+                line += (f"; x {runs_and_median([row[name]['train_speedup'] for row in rows])}"
+                         " train, x " + runs_and_median(
+                             [row[name]["infer_speedup"] for row in rows]) + " infer")
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

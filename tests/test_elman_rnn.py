@@ -241,3 +241,27 @@ def test_several_steps_per_loop_iteration(time_steps, masked):
         models.append(keras.Model(sequences, layer(hidden)))
     models[1].set_weights(models[0].get_weights())
     _assert_same(*models, inputs)
+
+
+def test_speed_benchmark_reports_the_median_of_process_runs(tmp_path):
+    """`recurrence_speed.py --processes 2`: two fresh processes, each one's rows kept, and a
+    summary whose medians are those of the runs' own figures."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "benchmarks" / "recurrence_speed.py"
+    output = tmp_path / "rows.json"
+    finished = subprocess.run(
+        [sys.executable, str(script), "--batch", "2", "--time", "8", "--units", "4",
+         "--repeats", "1", "--layers", "elman_rnn", "keras_simple_rnn", "--processes", "2",
+         "--output", str(output)],
+        capture_output=True, text=True, timeout=300, check=True)
+    runs = json.loads(output.read_text())["process_runs"]
+    assert len(runs) == 2 and all(len(rows) == 1 for rows in runs)
+    assert finished.stdout.count("--- process run") == 2
+    ratios = [rows[0]["elman_rnn"]["train_speedup"] for rows in runs]
+    summary = next(line for line in finished.stdout.splitlines()
+                   if line.strip().startswith("elman_rnn") and "median" in line)
+    assert f"x {ratios[0]:.2f} / {ratios[1]:.2f}: median {np.median(ratios):.2f} train" in summary
