@@ -4,6 +4,9 @@ and print the figures side by side."""
 import argparse
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -108,17 +111,12 @@ def results_of_processes(args):
     one process is all that was asked for (then the caller measures in this process)."""
     if args.result_file is not None or args.processes <= 1:
         return None
-    import subprocess
-    import sys
-    import tempfile
-
-    arguments = list(sys.argv[1:])
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for run in range(1, args.processes + 1):
             print(f"--- process run {run} of {args.processes}", flush=True)
             path = Path(folder) / f"run-{run}.json"
-            subprocess.run([sys.executable, sys.argv[0], *arguments, "--processes", "1",
+            subprocess.run([sys.executable, *sys.argv, "--processes", "1",
                             "--result-file", str(path)], check=True)
             results.append(json.loads(path.read_text()))
     return results

@@ -1,6 +1,11 @@
 """ElmanRNN: the fast path gives keras.layers.RNN(ElmanCell)'s outputs and gradients in every mode
 the apps use, compiles with XLA, round-trips, and falls back where it does not apply."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -246,11 +251,6 @@ def test_several_steps_per_loop_iteration(time_steps, masked):
 def test_speed_benchmark_reports_the_median_of_process_runs(tmp_path):
     """`recurrence_speed.py --processes 2`: two fresh processes, each one's rows kept, and a
     summary whose medians are those of the runs' own figures."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = Path(__file__).parent.parent / "benchmarks" / "recurrence_speed.py"
     output = tmp_path / "rows.json"
     finished = subprocess.run(
