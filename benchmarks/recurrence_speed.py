@@ -127,7 +127,7 @@ def main():
     for batch, time_steps, units in itertools.product(args.batch, args.time, args.units):
         rows.append(measure(batch, time_steps, units, args))
         print_row(rows[-1], args.layers)
-        if args.output:
+        if args.output and args.result_file is None:  # A process run hands its rows back.
             with open(args.output, "w") as file:
                 json.dump(rows, file, indent=1)
     write_result(args, rows)
