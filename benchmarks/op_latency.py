@@ -14,12 +14,13 @@ slower with two cores than with one: it waits for the second core.
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from common import timed  # noqa: E402
 
 STEPS, PER_ITERATION = 400, 8
 
@@ -35,12 +36,7 @@ def chain_latency(step, state, repeats=9):
         return tf.while_loop(lambda i, _: i < STEPS // PER_ITERATION, body, (0, state))[1]
 
     run()
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - started)
-    return 1e6 * float(np.median(seconds)) / STEPS
+    return 1e6 * float(np.median([timed(run) for _ in range(repeats)])) / STEPS
 
 
 def main():
