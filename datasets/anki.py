@@ -93,7 +93,8 @@ def load_anki(data_dir=None, download=True):
     raise FileNotFoundError(
         f"the Anki English-Spanish pairs were not found under {root}: expected "
         f"{root / 'anki' / 'spa-eng.zip'} (the archive from {URL}) or {text_file}; {problem}. "
-        "Put the file there, or unset ELMAN_DATA_DIR (and --data-dir) to use the copy shipped with elman.")
+        "Put the file there, or unset ELMAN_DATA_DIR (and --data-dir) to use the copy shipped "
+        "with elman.")
 
 
 def split_by_source(pairs, key, validation_fraction, test_fraction):

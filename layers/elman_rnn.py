@@ -24,7 +24,7 @@ _STEPS_PER_ITERATION = 8
 # behind), and the steps on the critical path wait for a thread behind them: a training step at
 # batch 64, time 200, units 128 was 1.58x SimpleRNN with 2 against 1.48x with 10 (medians of
 # twelve process runs each, 2 cores, 2026-12-07; docs/performance.md). Where a step's product is
-# large (batch 256, units 256) 2 costs up to about 5%.
+# large (batch 256, units 256) 2 is 0-7% slower than 10.
 _ITERATIONS_IN_FLIGHT = 2
 
 
